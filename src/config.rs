@@ -1,0 +1,119 @@
+//! Typed configuration. Defaults live here; every setting can be given as a command-line flag or
+//! through the environment variable named beside it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A value that must never reach a log line, such as a database URL with its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m`, or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s or 1m"))?;
+    match unit {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    }
+}
+
+/// How to reach PostgreSQL and how long to wait for it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DbConfig {
+    /// PostgreSQL connection URL.
+    #[arg(long = "database-url", env = "DATABASE_URL")]
+    pub url: Secret,
+    /// Most connections the pool opens.
+    #[arg(
+        long = "db-pool-size",
+        env = "REVIEWS_DB_POOL_SIZE",
+        default_value_t = 16
+    )]
+    pub pool_size: u32,
+    /// How long a request waits for a pooled connection before failing UNAVAILABLE.
+    #[arg(long = "db-connect-timeout", env = "REVIEWS_DB_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Deadline for one operation on the database, connection included.
+    #[arg(long = "db-timeout", env = "REVIEWS_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub query_timeout: Duration,
+}
+
+impl DbConfig {
+    /// The defaults, for a given database.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: Secret::new(url),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(2),
+            query_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Settings of `reviews serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "REVIEWS_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// How often readiness re-checks the database.
+    #[arg(long = "health-interval", env = "REVIEWS_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+    #[command(flatten)]
+    pub db: DbConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let cfg = DbConfig::new("postgres://u:hunter2@localhost/db");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+}

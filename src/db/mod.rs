@@ -1,0 +1,164 @@
+//! PostgreSQL: the connection pool, embedded migrations, and the [`Store`] whose methods are the
+//! service's core operations. Every query lives below this module.
+
+pub mod queries;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
+};
+use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use futures_util::FutureExt;
+
+use crate::config::DbConfig;
+use crate::error::Error;
+use crate::reviews::{Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+pub type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+/// Builds the pool without connecting, so the service can start (not ready) while the database
+/// is down. Checkouts fail fast after `connect_timeout` instead of bb8's silent 30 s retry, and
+/// checking a connection out costs no round trip: only connections already seen closed are
+/// discarded.
+pub fn pool(cfg: &DbConfig) -> Pool {
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn| {
+        let broken = PoolableConnection::is_broken(conn);
+        async move {
+            if broken {
+                Err(diesel::result::Error::BrokenTransactionManager)
+            } else {
+                Ok(())
+            }
+        }
+        .boxed()
+    }));
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        cfg.url.expose(),
+        manager_config,
+    );
+    bb8::Pool::builder()
+        .max_size(cfg.pool_size)
+        .min_idle(Some(1))
+        .connection_timeout(cfg.connect_timeout)
+        .error_sink(Box::new(LogErrors))
+        .build_unchecked(manager)
+}
+
+/// Logs the connection errors bb8 would otherwise swallow while it retries.
+#[derive(Debug, Clone, Copy)]
+struct LogErrors;
+
+impl bb8::ErrorSink<diesel_async::pooled_connection::PoolError> for LogErrors {
+    fn sink(&self, error: diesel_async::pooled_connection::PoolError) {
+        tracing::warn!(%error, "could not open a database connection");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<diesel_async::pooled_connection::PoolError>> {
+        Box::new(*self)
+    }
+}
+
+/// Applies the pending embedded migrations and returns their versions.
+pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
+    use diesel_async::AsyncConnection;
+    let conn = AsyncPgConnection::establish(url).await?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    Ok(applied.iter().map(ToString::to_string).collect())
+}
+
+/// The service's core operations on the review store. Each runs under a deadline, and a missed
+/// deadline is reported as the store being unavailable.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl Store {
+    pub fn new(pool: Pool, timeout: Duration) -> Self {
+        Self { pool, timeout }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub async fn list_reviews(
+        &self,
+        product: ProductId,
+        page: PageRequest,
+        sort: Sort,
+    ) -> Result<Vec<Review>, Error> {
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            queries::list_reviews(&mut conn, product, page, sort).await
+        })
+        .await
+    }
+
+    pub async fn review_meta(&self, product: ProductId) -> Result<Meta, Error> {
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            queries::review_meta(&mut conn, product).await
+        })
+        .await
+    }
+
+    /// Writes the review, its photos, its characteristic values and the kept aggregates in one
+    /// transaction; returns the new review's id.
+    pub async fn create_review(&self, review: &NewReview) -> Result<i32, Error> {
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            queries::create_review(&mut conn, review).await
+        })
+        .await
+    }
+
+    pub async fn mark_helpful(&self, id: ReviewId) -> Result<(), Error> {
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            queries::mark_helpful(&mut conn, id).await
+        })
+        .await
+    }
+
+    pub async fn report(&self, id: ReviewId) -> Result<(), Error> {
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            queries::report(&mut conn, id).await
+        })
+        .await
+    }
+
+    /// Whether the database answers a trivial query within the deadline.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            queries::ping(&mut conn).await
+        })
+        .await
+    }
+
+    async fn run<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "database did not answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+}

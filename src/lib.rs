@@ -1,0 +1,18 @@
+//! Ratings & Reviews: a gRPC service for a storefront's product reviews on PostgreSQL.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod dev;
+pub mod error;
+pub mod etl;
+pub mod grpc;
+pub mod local;
+pub mod reviews;
+pub mod server;
+pub mod telemetry;
+
+/// The generated protobuf messages, client and server of `reviews.v1`.
+pub mod pb {
+    tonic::include_proto!("reviews.v1");
+}

@@ -1,0 +1,261 @@
+//! The server around the service: health, reflection, database outages, graceful shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, TestServer};
+use reviews::config::DbConfig;
+use reviews::local::{self, LocalPostgres};
+use reviews::pb::{self, ListReviewsRequest};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+async fn health(s: &TestServer, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let mut client = HealthClient::new(s.channel().await);
+    let resp = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await?;
+    Ok(resp.into_inner().status())
+}
+
+async fn serving(s: &TestServer, want: ServingStatus) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        health(s, "").await.ok() == Some(want)
+            && health(s, "reviews.v1.ReviewService").await.ok() == Some(want)
+    })
+    .await
+}
+
+fn list_request(product_id: i32) -> ListReviewsRequest {
+    ListReviewsRequest {
+        product_id,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_reports_serving_for_the_server_and_the_service() {
+    let s = TestServer::sample().await;
+    assert!(serving(&s, ServingStatus::Serving).await);
+    let unknown = health(&s, "no.such.Service").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_v1_and_v1alpha_describe_the_service_with_its_http_routes() {
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::{v1, v1alpha};
+    let s = TestServer::sample().await;
+
+    let mut v1_client =
+        v1::server_reflection_client::ServerReflectionClient::new(s.channel().await);
+    let requests = [
+        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+        v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "reviews.v1.ReviewService".into(),
+        ),
+    ]
+    .map(|m| v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    });
+    let mut responses = v1_client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"reviews.v1.ReviewService"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected file descriptors");
+    };
+    let bytes: Vec<u8> = files.file_descriptor_proto.concat();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("/reviews/{review_id}/helpful"),
+        "google.api.http options kept"
+    );
+
+    let mut alpha =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(s.channel().await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut responses = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    assert!(list
+        .service
+        .iter()
+        .any(|s| s.name == "reviews.v1.ReviewService"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_database_means_unavailable_not_a_hang_and_recovery_after() {
+    // This test stops its database, so it has a PostgreSQL of its own.
+    let dir = common::scratch_dir("outage");
+    let mut pg = LocalPostgres::init(&dir.join("pg")).unwrap();
+    pg.start().unwrap();
+    local::create_database(&pg.url("postgres"), "reviews", None)
+        .await
+        .unwrap();
+    reviews::db::migrate(&pg.url("reviews")).await.unwrap();
+    reviews::etl::load(&pg.url("reviews"), &common::sample_dir(), None)
+        .await
+        .unwrap();
+
+    let mut db = DbConfig::new(pg.url("reviews"));
+    db.connect_timeout = Duration::from_millis(500);
+    db.query_timeout = Duration::from_secs(2);
+    let mut s = TestServer::start_with(db).await;
+    s.client.list_reviews(list_request(1)).await.unwrap();
+    assert!(serving(&s, ServingStatus::Serving).await);
+
+    pg.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let e = s.client.list_reviews(list_request(1)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        assert!(
+            !e.message().contains("127.0.0.1"),
+            "no internals in the message"
+        );
+    }
+    let e = s
+        .client
+        .mark_review_helpful(pb::MarkReviewHelpfulRequest { review_id: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(serving(&s, ServingStatus::NotServing).await);
+
+    pg.start().unwrap();
+    let mut client = s.client.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let mut c = client.clone();
+            async move { c.list_reviews(list_request(1)).await.is_ok() }
+        })
+        .await,
+        "the service recovers when the database is back"
+    );
+    assert!(serving(&s, ServingStatus::Serving).await);
+    let results = client
+        .list_reviews(list_request(1))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let r1 = results.iter().find(|r| r.review_id == 1).unwrap();
+    assert_eq!(
+        r1.helpfulness, 8,
+        "the vote attempted during the outage was not applied"
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_calls_in_flight_finish_and_refuses_new_ones() {
+    let mut s = TestServer::sample().await;
+    // Hold product 1's aggregate row so the next create waits inside the server.
+    let blocker = s.sql().await;
+    blocker
+        .batch_execute("BEGIN; SELECT * FROM product_stats WHERE product_id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+
+    let mut client = s.client.clone();
+    let create = tokio::spawn(async move {
+        client
+            .create_review(pb::CreateReviewRequest {
+                product_id: 1,
+                rating: 5,
+                summary: "Still here".into(),
+                body: "Posted while the server was shutting down, and it still went through."
+                    .into(),
+                recommend: true,
+                name: "latecomer".into(),
+                email: "late@example.com".into(),
+                photos: vec![],
+                characteristics: [(1, 3), (2, 3), (3, 3), (4, 3)].into(),
+            })
+            .await
+    });
+    let watcher = s.sql().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            waiting == 1
+        })
+        .await,
+        "the create is in flight"
+    );
+
+    let addr = s.addr;
+    let server = s.begin_shutdown();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
+        "no new connections once shutdown began"
+    );
+    assert!(
+        !server.is_finished(),
+        "the server waits for the call in flight"
+    );
+
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let id = create
+        .await
+        .unwrap()
+        .expect("the call in flight completes")
+        .into_inner()
+        .review_id;
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops once idle")
+        .unwrap()
+        .unwrap();
+    let stored: i64 = watcher
+        .query_one("SELECT count(*) FROM reviews WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1);
+}

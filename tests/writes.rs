@@ -1,0 +1,383 @@
+//! CreateReview, MarkReviewHelpful and ReportReview: validation, atomicity, and aggregates that
+//! stay exact under concurrency.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{fingerprint, violation_fields, TestServer};
+use reviews::pb::{self, CreateReviewRequest, Sort};
+use tonic::Code;
+
+/// A valid review of product 1 (characteristics 1-4).
+fn valid() -> CreateReviewRequest {
+    CreateReviewRequest {
+        product_id: 1,
+        rating: 2,
+        summary: "Shrank in the wash".into(),
+        body: "Fit well out of the box, then lost a size after one cold wash.  Meh.".into(),
+        recommend: false,
+        name: "laundryday".into(),
+        email: "laundry@example.com".into(),
+        photos: vec![
+            "https://images.example.com/a.jpg".into(),
+            "http://images.example.com/b.jpg".into(),
+        ],
+        characteristics: HashMap::from([(1, 1), (2, 2), (3, 3), (4, 5)]),
+    }
+}
+
+fn char_values(m: &pb::ReviewMeta) -> HashMap<String, Option<String>> {
+    m.characteristics
+        .iter()
+        .map(|(n, c)| (n.clone(), c.value.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_created_review_shows_up_in_the_next_list_and_meta() {
+    let mut s = TestServer::sample().await;
+    let before = std::time::SystemTime::now();
+    let id = s
+        .client
+        .create_review(valid())
+        .await
+        .unwrap()
+        .into_inner()
+        .review_id;
+    assert!(id > 149, "ids continue after the loaded maximum, got {id}");
+
+    let list = s.all_reviews(1, Sort::Newest).await;
+    let r = &list[0];
+    assert_eq!(r.review_id, id);
+    assert_eq!((r.rating, r.recommend, r.helpfulness), (2, false, 0));
+    assert_eq!(r.summary, "Shrank in the wash");
+    assert_eq!(r.reviewer_name, "laundryday");
+    assert_eq!(r.response, None);
+    let urls: Vec<_> = r.photos.iter().map(|p| p.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        [
+            "https://images.example.com/a.jpg",
+            "http://images.example.com/b.jpg"
+        ]
+    );
+    let date = r.date.as_ref().unwrap();
+    assert_eq!(
+        date.nanos % 1_000_000,
+        0,
+        "dates are kept to the millisecond"
+    );
+    let posted = std::time::UNIX_EPOCH + std::time::Duration::new(date.seconds as u64, 0);
+    assert!(posted + std::time::Duration::from_secs(2) >= before);
+
+    let m = s.meta(1).await;
+    assert_eq!(m.ratings, HashMap::from([(2, 1), (4, 1), (5, 1)]));
+    assert_eq!(m.recommended, HashMap::from([(false, 2), (true, 1)]));
+    // Fit (4+4+1)/3, Length (3+4+2)/3, Comfort (5+5+3)/3, Quality (4+3+5)/3.
+    assert_eq!(
+        char_values(&m),
+        HashMap::from([
+            ("Fit".into(), Some("3.0000000000000000".into())),
+            ("Length".into(), Some("3.0000000000000000".into())),
+            ("Comfort".into(), Some("4.3333333333333333".into())),
+            ("Quality".into(), Some("4.0000000000000000".into())),
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_invalid_review_is_rejected_and_writes_nothing() {
+    let mut s = TestServer::sample().await;
+    let db = s.sql().await;
+    let untouched = fingerprint(&db).await;
+    let cases: Vec<(&str, CreateReviewRequest, &str)> = vec![
+        (
+            "rating 7",
+            CreateReviewRequest {
+                rating: 7,
+                ..valid()
+            },
+            "rating",
+        ),
+        (
+            "rating 0",
+            CreateReviewRequest {
+                rating: 0,
+                ..valid()
+            },
+            "rating",
+        ),
+        (
+            "long summary",
+            CreateReviewRequest {
+                summary: "s".repeat(61),
+                ..valid()
+            },
+            "summary",
+        ),
+        (
+            "short body",
+            CreateReviewRequest {
+                body: "b".repeat(49),
+                ..valid()
+            },
+            "body",
+        ),
+        (
+            "long body",
+            CreateReviewRequest {
+                body: "b".repeat(1001),
+                ..valid()
+            },
+            "body",
+        ),
+        (
+            "NUL in body",
+            CreateReviewRequest {
+                body: format!("{}\0", "b".repeat(60)),
+                ..valid()
+            },
+            "body",
+        ),
+        (
+            "no name",
+            CreateReviewRequest {
+                name: String::new(),
+                ..valid()
+            },
+            "name",
+        ),
+        (
+            "long name",
+            CreateReviewRequest {
+                name: "n".repeat(61),
+                ..valid()
+            },
+            "name",
+        ),
+        (
+            "bad email",
+            CreateReviewRequest {
+                email: "laundry.example.com".into(),
+                ..valid()
+            },
+            "email",
+        ),
+        (
+            "long email",
+            CreateReviewRequest {
+                email: format!("{}@example.com", "e".repeat(50)),
+                ..valid()
+            },
+            "email",
+        ),
+        (
+            "six photos",
+            CreateReviewRequest {
+                photos: vec!["https://x.example/p.jpg".into(); 6],
+                ..valid()
+            },
+            "photos",
+        ),
+        (
+            "bad photo URL",
+            CreateReviewRequest {
+                photos: vec!["ftp://x.example/p.jpg".into()],
+                ..valid()
+            },
+            "photos[0]",
+        ),
+        (
+            "foreign characteristic",
+            CreateReviewRequest {
+                characteristics: HashMap::from([(1, 1), (2, 2), (3, 3), (4, 5), (5, 3)]),
+                ..valid()
+            },
+            "characteristics[5]",
+        ),
+        (
+            "missing characteristic",
+            CreateReviewRequest {
+                characteristics: HashMap::from([(1, 1), (2, 2), (3, 3)]),
+                ..valid()
+            },
+            "characteristics[4]",
+        ),
+        (
+            "characteristic value 6",
+            CreateReviewRequest {
+                characteristics: HashMap::from([(1, 1), (2, 2), (3, 3), (4, 6)]),
+                ..valid()
+            },
+            "characteristics[4]",
+        ),
+        (
+            "product 0",
+            CreateReviewRequest {
+                product_id: 0,
+                ..valid()
+            },
+            "product_id",
+        ),
+    ];
+    for (what, request, field) in cases {
+        let e = s.client.create_review(request).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}");
+        assert_eq!(violation_fields(&e), [field], "{what}: {}", e.message());
+    }
+    assert_eq!(
+        fingerprint(&db).await,
+        untouched,
+        "a rejected review wrote something"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_reviews_of_one_product_leave_exact_meta() {
+    let s = TestServer::sample().await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut client = s.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let request = CreateReviewRequest {
+                rating: i % 5 + 1,
+                recommend: i % 2 == 0,
+                characteristics: HashMap::from([(1, i % 5 + 1), (2, 5), (3, 1), (4, 3)]),
+                ..valid()
+            };
+            client
+                .create_review(request)
+                .await
+                .map(|r| r.into_inner().review_id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().expect("every concurrent create succeeds"));
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 50);
+
+    let mut s = s;
+    let m = s.meta(1).await;
+    // The sample's two reviews (a 4 and a 5) plus ten of each star.
+    assert_eq!(
+        m.ratings,
+        HashMap::from([(1, 10), (2, 10), (3, 10), (4, 11), (5, 11)])
+    );
+    assert_eq!(m.recommended, HashMap::from([(false, 26), (true, 26)]));
+    // Fit: 4 + 4 + 10 * (1+2+3+4+5) = 158 over 52; Length: 3 + 4 + 250 = 257 over 52.
+    let db = s.sql().await;
+    let oracle = async |sum: i64| -> String {
+        db.query_one("SELECT round($1::int8::numeric / 52, 16)::text", &[&sum])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        char_values(&m),
+        HashMap::from([
+            ("Fit".into(), Some(oracle(158).await)),
+            ("Length".into(), Some(oracle(257).await)),
+            ("Comfort".into(), Some(oracle(5 + 5 + 50).await)),
+            ("Quality".into(), Some(oracle(4 + 3 + 150).await)),
+        ])
+    );
+    assert_eq!(s.all_reviews(1, Sort::Newest).await.len(), 52);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helpful_votes_count_and_unknown_reviews_are_not_found() {
+    let mut s = TestServer::sample().await;
+    for _ in 0..3 {
+        s.client
+            .mark_review_helpful(pb::MarkReviewHelpfulRequest { review_id: 2 })
+            .await
+            .unwrap();
+    }
+    let r2 = s
+        .all_reviews(1, Sort::Newest)
+        .await
+        .into_iter()
+        .find(|r| r.review_id == 2)
+        .unwrap();
+    assert_eq!(r2.helpfulness, 5);
+
+    let db = s.sql().await;
+    let untouched = fingerprint(&db).await;
+    let e = s
+        .client
+        .mark_review_helpful(pb::MarkReviewHelpfulRequest { review_id: 424_242 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = s
+        .client
+        .report_review(pb::ReportReviewRequest { review_id: 424_242 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    for id in [0, -1] {
+        let e = s
+            .client
+            .mark_review_helpful(pb::MarkReviewHelpfulRequest { review_id: id })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), violation_fields(&e)),
+            (Code::InvalidArgument, vec!["review_id".into()])
+        );
+    }
+    assert_eq!(fingerprint(&db).await, untouched);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reporting_hides_a_review_from_list_and_meta_once() {
+    let mut s = TestServer::sample().await;
+    s.client
+        .report_review(pb::ReportReviewRequest { review_id: 2 })
+        .await
+        .unwrap();
+    let ids: Vec<_> = s
+        .all_reviews(1, Sort::Newest)
+        .await
+        .iter()
+        .map(|r| r.review_id)
+        .collect();
+    assert_eq!(ids, [1]);
+    let m = s.meta(1).await;
+    assert_eq!(m.ratings, HashMap::from([(5, 1)]));
+    assert_eq!(m.recommended, HashMap::from([(true, 1)]));
+    assert_eq!(
+        m.characteristics["Length"].value.as_deref(),
+        Some("3.0000000000000000")
+    );
+
+    let db = s.sql().await;
+    let once = fingerprint(&db).await;
+    s.client
+        .report_review(pb::ReportReviewRequest { review_id: 2 })
+        .await
+        .expect("reporting twice is harmless");
+    assert_eq!(fingerprint(&db).await, once);
+    let kept: i64 = db
+        .query_one(
+            "SELECT count(*) FROM reviews WHERE id = 2 AND reported",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "a reported review is kept");
+
+    // Reporting the last review leaves counts empty and averages null.
+    s.client
+        .report_review(pb::ReportReviewRequest { review_id: 1 })
+        .await
+        .unwrap();
+    let m = s.meta(1).await;
+    assert!(m.ratings.is_empty() && m.recommended.is_empty());
+    assert!(m.characteristics.values().all(|c| c.value.is_none()));
+}
