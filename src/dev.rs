@@ -19,7 +19,7 @@ pub struct DevConfig {
     #[arg(long, env = "REVIEWS_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// Folder of CSV files to load.
-    #[arg(long, default_value = "data/sample")]
+    #[arg(long, env = "REVIEWS_DEV_DATA", default_value = "data/sample")]
     pub data: PathBuf,
 }
 

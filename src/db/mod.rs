@@ -3,6 +3,7 @@
 
 pub mod queries;
 pub mod schema;
+mod writes;
 
 use std::time::Duration;
 
@@ -118,7 +119,7 @@ impl Store {
     pub async fn create_review(&self, review: &NewReview) -> Result<i32, Error> {
         self.run(async {
             let mut conn = self.pool.get().await?;
-            queries::create_review(&mut conn, review).await
+            writes::create_review(&mut conn, review).await
         })
         .await
     }
@@ -126,7 +127,7 @@ impl Store {
     pub async fn mark_helpful(&self, id: ReviewId) -> Result<(), Error> {
         self.run(async {
             let mut conn = self.pool.get().await?;
-            queries::mark_helpful(&mut conn, id).await
+            writes::mark_helpful(&mut conn, id).await
         })
         .await
     }
@@ -134,7 +135,7 @@ impl Store {
     pub async fn report(&self, id: ReviewId) -> Result<(), Error> {
         self.run(async {
             let mut conn = self.pool.get().await?;
-            queries::report(&mut conn, id).await
+            writes::report(&mut conn, id).await
         })
         .await
     }

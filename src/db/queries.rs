@@ -1,16 +1,12 @@
-//! The queries behind the five operations. A list page is one round trip (reviews and their
-//! photos); the meta is one round trip over kept aggregates; every write that changes what the
-//! meta counts updates those aggregates in its own transaction.
+//! The read queries. A list page is one round trip (reviews and their photos); the meta is one
+//! round trip over kept aggregates.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Int2, Int4, Int8, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::schema::{characteristic_reviews, characteristics, reviews, reviews_photos};
 use crate::error::Error;
-use crate::reviews::{
-    CharacteristicMeta, Meta, NewReview, PageRequest, Photo, ProductId, Review, ReviewId, Sort,
-};
+use crate::reviews::{CharacteristicMeta, Meta, PageRequest, Photo, ProductId, Review, Sort};
 
 /// The list query for each sort. Each sorts on exactly the key of its partial index, so a page
 /// is a range scan; photos are aggregated per listed review only.
@@ -178,172 +174,7 @@ pub async fn review_meta(conn: &mut AsyncPgConnection, product: ProductId) -> Re
     Ok(meta)
 }
 
-/// Adds `delta` (1 or -1) reviews of this rating and recommendation to the product's counts.
-/// Taking this row's lock first serialises every write to a product's aggregates.
-async fn count_review(
-    conn: &mut AsyncPgConnection,
-    product: i32,
-    rating: i16,
-    recommend: bool,
-    delta: i64,
-) -> Result<(), Error> {
-    diesel::sql_query(
-        "INSERT INTO product_stats AS s (product_id, rating_1, rating_2, rating_3, rating_4,
-                                         rating_5, recommended_false, recommended_true)
-         VALUES ($1, CASE WHEN $2 = 1 THEN $4 ELSE 0 END, CASE WHEN $2 = 2 THEN $4 ELSE 0 END,
-                     CASE WHEN $2 = 3 THEN $4 ELSE 0 END, CASE WHEN $2 = 4 THEN $4 ELSE 0 END,
-                     CASE WHEN $2 = 5 THEN $4 ELSE 0 END, CASE WHEN $3 THEN 0 ELSE $4 END,
-                     CASE WHEN $3 THEN $4 ELSE 0 END)
-         ON CONFLICT (product_id) DO UPDATE SET
-             rating_1 = s.rating_1 + excluded.rating_1,
-             rating_2 = s.rating_2 + excluded.rating_2,
-             rating_3 = s.rating_3 + excluded.rating_3,
-             rating_4 = s.rating_4 + excluded.rating_4,
-             rating_5 = s.rating_5 + excluded.rating_5,
-             recommended_false = s.recommended_false + excluded.recommended_false,
-             recommended_true = s.recommended_true + excluded.recommended_true",
-    )
-    .bind::<Int4, _>(product)
-    .bind::<Int2, _>(rating)
-    .bind::<Bool, _>(recommend)
-    .bind::<Int8, _>(delta)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-pub async fn create_review(conn: &mut AsyncPgConnection, review: &NewReview) -> Result<i32, Error> {
-    conn.transaction(async |conn| {
-        let product = review.product_id.get();
-        count_review(conn, product, review.rating, review.recommend, 1).await?;
-
-        let product_chars: Vec<i32> = characteristics::table
-            .filter(characteristics::product_id.eq(product))
-            .select(characteristics::id)
-            .order(characteristics::id)
-            .load(conn)
-            .await?;
-        let violations = review.characteristic_violations(&product_chars);
-        if !violations.is_empty() {
-            return Err(Error::Invalid(violations));
-        }
-
-        let id: i32 = diesel::insert_into(reviews::table)
-            .values((
-                reviews::product_id.eq(product),
-                reviews::rating.eq(review.rating),
-                // Milliseconds, like every date the service reads and writes.
-                reviews::date.eq(diesel::dsl::sql::<Timestamptz>(
-                    "date_trunc('milliseconds', now())",
-                )),
-                reviews::summary.eq(&review.summary),
-                reviews::body.eq(&review.body),
-                reviews::recommend.eq(review.recommend),
-                reviews::reviewer_name.eq(&review.name),
-                reviews::reviewer_email.eq(&review.email),
-            ))
-            .returning(reviews::id)
-            .get_result(conn)
-            .await?;
-
-        let photos: Vec<_> = review
-            .photos
-            .iter()
-            .map(|url| {
-                (
-                    reviews_photos::review_id.eq(id),
-                    reviews_photos::url.eq(url),
-                )
-            })
-            .collect();
-        diesel::insert_into(reviews_photos::table)
-            .values(&photos)
-            .execute(conn)
-            .await?;
-
-        let values: Vec<_> = review
-            .characteristics
-            .iter()
-            .map(|(&c, &v)| {
-                (
-                    characteristic_reviews::characteristic_id.eq(c),
-                    characteristic_reviews::review_id.eq(id),
-                    characteristic_reviews::value.eq(v),
-                )
-            })
-            .collect();
-        diesel::insert_into(characteristic_reviews::table)
-            .values(&values)
-            .execute(conn)
-            .await?;
-        apply_characteristic_values(conn, id, 1).await?;
-        Ok(id)
-    })
-    .await
-}
-
-/// Adds (`sign` 1) or removes (`sign` -1) a review's characteristic values to or from the
-/// characteristics' kept sums.
-async fn apply_characteristic_values(
-    conn: &mut AsyncPgConnection,
-    review: i32,
-    sign: i64,
-) -> Result<(), Error> {
-    diesel::sql_query(
-        "UPDATE characteristics c
-         SET value_sum = c.value_sum + $2 * cr.value, value_count = c.value_count + $2
-         FROM characteristic_reviews cr
-         WHERE cr.review_id = $1 AND c.id = cr.characteristic_id",
-    )
-    .bind::<Int4, _>(review)
-    .bind::<Int8, _>(sign)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-pub async fn mark_helpful(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<(), Error> {
-    let updated = diesel::update(reviews::table.find(id.get()))
-        .set(reviews::helpfulness.eq(reviews::helpfulness + 1))
-        .execute(conn)
-        .await?;
-    if updated == 0 {
-        return Err(not_found(id));
-    }
-    Ok(())
-}
-
-/// Hides the review and takes it out of the kept aggregates, once: reporting a reported review
-/// changes nothing.
-pub async fn report(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<(), Error> {
-    conn.transaction(async |conn| {
-        let hidden: Option<(i32, i16, bool)> = diesel::update(
-            reviews::table
-                .find(id.get())
-                .filter(reviews::reported.eq(false)),
-        )
-        .set(reviews::reported.eq(true))
-        .returning((reviews::product_id, reviews::rating, reviews::recommend))
-        .get_result(conn)
-        .await
-        .optional()?;
-        let Some((product, rating, recommend)) = hidden else {
-            let exists: bool = diesel::select(diesel::dsl::exists(reviews::table.find(id.get())))
-                .get_result(conn)
-                .await?;
-            return if exists { Ok(()) } else { Err(not_found(id)) };
-        };
-        count_review(conn, product, rating, recommend, -1).await?;
-        apply_characteristic_values(conn, id.get(), -1).await
-    })
-    .await
-}
-
 pub async fn ping(conn: &mut AsyncPgConnection) -> Result<(), Error> {
     diesel::sql_query("SELECT 1").execute(conn).await?;
     Ok(())
-}
-
-fn not_found(id: ReviewId) -> Error {
-    Error::NotFound(format!("review {}", id.get()))
 }

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Transaction};
 
 use self::csv::{Reader, Record};
@@ -36,53 +35,6 @@ impl LoadReport {
         self.files.iter().map(|f| f.rejected).sum()
     }
 }
-
-/// A data-set file: its name, header, and the table and columns its rows are copied into.
-struct FileSpec {
-    file: &'static str,
-    header: &'static str,
-    table: &'static str,
-    types: &'static [Type],
-}
-
-const CHARACTERISTICS: FileSpec = FileSpec {
-    file: "characteristics.csv",
-    header: CHARACTERISTICS_HEADER,
-    table: "characteristics (id, product_id, name)",
-    types: &[Type::INT4, Type::INT4, Type::TEXT],
-};
-const REVIEWS: FileSpec = FileSpec {
-    file: "reviews.csv",
-    header: REVIEWS_HEADER,
-    table: "reviews (id, product_id, rating, date, summary, body, recommend, reported, \
-            reviewer_name, reviewer_email, response, helpfulness)",
-    types: &[
-        Type::INT4,
-        Type::INT4,
-        Type::INT2,
-        Type::TIMESTAMPTZ,
-        Type::TEXT,
-        Type::TEXT,
-        Type::BOOL,
-        Type::BOOL,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::INT4,
-    ],
-};
-const PHOTOS: FileSpec = FileSpec {
-    file: "reviews_photos.csv",
-    header: PHOTOS_HEADER,
-    table: "reviews_photos (id, review_id, url)",
-    types: &[Type::INT4, Type::INT4, Type::TEXT],
-};
-const CHARACTERISTIC_REVIEWS: FileSpec = FileSpec {
-    file: "characteristic_reviews.csv",
-    header: CHARACTERISTIC_REVIEWS_HEADER,
-    table: "characteristic_reviews (id, characteristic_id, review_id, value)",
-    types: &[Type::INT4, Type::INT4, Type::INT4, Type::INT2],
-};
 
 /// Where rejected rows go: a CSV file (`file,line,reason`) when asked for, and the log.
 struct Rejects {

@@ -2,7 +2,7 @@
 //! rows (unique ids, references) live in the loader.
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::csv::Record;
 
@@ -44,6 +44,53 @@ pub const REVIEWS_HEADER: &str = "id,product_id,rating,date,summary,body,recomme
 pub const PHOTOS_HEADER: &str = "id,review_id,url";
 pub const CHARACTERISTICS_HEADER: &str = "id,product_id,name";
 pub const CHARACTERISTIC_REVIEWS_HEADER: &str = "id,characteristic_id,review_id,value";
+
+/// A data-set file: its name, header, and the table and columns its rows are copied into.
+pub struct FileSpec {
+    pub file: &'static str,
+    pub header: &'static str,
+    pub table: &'static str,
+    pub types: &'static [Type],
+}
+
+pub const CHARACTERISTICS: FileSpec = FileSpec {
+    file: "characteristics.csv",
+    header: CHARACTERISTICS_HEADER,
+    table: "characteristics (id, product_id, name)",
+    types: &[Type::INT4, Type::INT4, Type::TEXT],
+};
+pub const REVIEWS: FileSpec = FileSpec {
+    file: "reviews.csv",
+    header: REVIEWS_HEADER,
+    table: "reviews (id, product_id, rating, date, summary, body, recommend, reported, \
+            reviewer_name, reviewer_email, response, helpfulness)",
+    types: &[
+        Type::INT4,
+        Type::INT4,
+        Type::INT2,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::TEXT,
+        Type::BOOL,
+        Type::BOOL,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+    ],
+};
+pub const PHOTOS: FileSpec = FileSpec {
+    file: "reviews_photos.csv",
+    header: PHOTOS_HEADER,
+    table: "reviews_photos (id, review_id, url)",
+    types: &[Type::INT4, Type::INT4, Type::TEXT],
+};
+pub const CHARACTERISTIC_REVIEWS: FileSpec = FileSpec {
+    file: "characteristic_reviews.csv",
+    header: CHARACTERISTIC_REVIEWS_HEADER,
+    table: "characteristic_reviews (id, characteristic_id, review_id, value)",
+    types: &[Type::INT4, Type::INT4, Type::INT4, Type::INT2],
+};
 
 type Parsed<T> = Result<T, String>;
 
