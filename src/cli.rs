@@ -74,7 +74,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     server::serve(
         listener,
         store,
-        cfg.health_interval,
+        cfg.server.options(),
         server::shutdown_signal(),
     )
     .await

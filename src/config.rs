@@ -90,11 +90,41 @@ pub struct ServeConfig {
     /// Address to serve gRPC on.
     #[arg(long, env = "REVIEWS_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub db: DbConfig,
+}
+
+/// Settings of the server around the service.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
     /// How often readiness re-checks the database.
     #[arg(long = "health-interval", env = "REVIEWS_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub health_interval: Duration,
-    #[command(flatten)]
-    pub db: DbConfig,
+    /// Origins allowed to call from browsers (comma-separated), or `*` for any.
+    #[arg(
+        long = "cors-origins",
+        env = "REVIEWS_CORS_ORIGINS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Largest JSON request body, in bytes; larger ones get 413.
+    #[arg(long = "max-body-bytes", env = "REVIEWS_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+impl ServerArgs {
+    pub fn options(&self) -> crate::server::ServerOptions {
+        crate::server::ServerOptions {
+            health_interval: self.health_interval,
+            http: crate::http::HttpConfig {
+                cors_origins: self.cors_origins.clone(),
+                max_body: self.max_body_bytes,
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,11 +5,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::config::{DbConfig, ServeConfig};
+use crate::config::{DbConfig, ServeConfig, ServerArgs};
 use crate::local::{self, LocalPostgres};
 use crate::{cli, db, etl};
 
@@ -18,6 +17,8 @@ pub struct DevConfig {
     /// Address to serve gRPC on.
     #[arg(long, env = "REVIEWS_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Folder of CSV files to load.
     #[arg(long, env = "REVIEWS_DEV_DATA", default_value = "data/sample")]
     pub data: PathBuf,
@@ -46,7 +47,7 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
 
     let serve = ServeConfig {
         listen: cfg.listen,
-        health_interval: Duration::from_secs(2),
+        server: cfg.server.clone(),
         db: DbConfig::new(url),
     };
     let result = cli::serve(serve).await;

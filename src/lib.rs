@@ -7,6 +7,8 @@ pub mod dev;
 pub mod error;
 pub mod etl;
 pub mod grpc;
+pub mod health;
+pub mod http;
 pub mod local;
 pub mod reviews;
 pub mod server;

@@ -1,83 +1,88 @@
-//! Assembles the server: the review service, health (readiness follows the database),
-//! reflection, and graceful shutdown.
+//! Assembles the server: the review service over gRPC, gRPC-Web and the JSON edge on one
+//! listener, health (readiness follows the database), reflection, and graceful shutdown.
 
 use std::future::Future;
 use std::time::Duration;
 
+use prost_reflect::DescriptorPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
 
 use crate::db::Store;
 use crate::grpc::{ReviewsGrpc, FILE_DESCRIPTOR_SET};
-use crate::pb::review_service_server::{ReviewServiceServer, SERVICE_NAME};
+use crate::health::{self, Readiness};
+use crate::http::{self, HttpConfig, JsonEdge};
+use crate::pb::review_service_server::ReviewServiceServer;
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting connections, lets the
-/// calls in flight finish, and returns.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// How often readiness re-checks the database.
+    pub health_interval: Duration,
+    pub http: HttpConfig,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            health_interval: Duration::from_secs(2),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then reports NOT_SERVING, stops accepting
+/// connections, lets the calls in flight finish, and returns.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
-    health_interval: Duration,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = Readiness::new(reporter);
+    let grpc = Routes::new(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(ReviewServiceServer::new(ReviewsGrpc::new(store.clone())))
+        .prepare()
+        .into_axum_router();
+    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)?;
+    let edge = JsonEdge::new(
+        http::routes::from_descriptors(&pool)?,
+        grpc.clone(),
+        options.http.max_body,
+    );
+    let app = http::router(grpc, edge, readiness.clone(), &options.http);
 
-    let readiness = tokio::spawn(track_readiness(
-        store.clone(),
-        reporter.clone(),
-        health_interval,
+    let tracker = tokio::spawn(health::track(
+        store,
+        readiness.clone(),
+        options.health_interval,
     ));
-    let stop_readiness = readiness.abort_handle();
+    let stop_tracking = tracker.abort_handle();
 
-    tracing::info!(addr = %listener.local_addr()?, "serving gRPC");
+    tracing::info!(addr = %listener.local_addr()?, "serving gRPC, gRPC-Web and JSON");
     let result = Server::builder()
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(ReviewServiceServer::new(ReviewsGrpc::new(store)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .accept_http1(true)
+        .serve_with_incoming_shutdown(app, TcpListenerStream::new(listener), async {
             shutdown.await;
             tracing::info!("shutting down: finishing the calls in flight");
-            stop_readiness.abort();
-            set_status(&reporter, ServingStatus::NotServing).await;
+            stop_tracking.abort();
+            readiness.set(false).await;
         })
         .await;
-    readiness.abort();
+    tracker.abort();
     tracing::info!("server stopped");
     Ok(result?)
 }
 
-/// Reports SERVING while the database answers, NOT_SERVING while it does not, both for the
-/// whole server ("") and for `reviews.v1.ReviewService`.
-async fn track_readiness(store: Store, reporter: HealthReporter, interval: Duration) {
-    let mut last = None;
-    loop {
-        let status = match store.ping().await {
-            Ok(()) => ServingStatus::Serving,
-            Err(_) => ServingStatus::NotServing,
-        };
-        if last != Some(status) {
-            tracing::info!(?status, "readiness changed");
-            set_status(&reporter, status).await;
-            last = Some(status);
-        }
-        tokio::time::sleep(interval).await;
-    }
-}
-
-async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    reporter.set_service_status(SERVICE_NAME, status).await;
+/// Reflection knows the review service and health; v1alpha is served too, for older clients.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -85,7 +90,6 @@ pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -94,8 +98,6 @@ pub async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         _ = ctrl_c => tracing::info!("received Ctrl-C"),
         _ = term => tracing::info!("received SIGTERM"),

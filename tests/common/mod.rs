@@ -139,19 +139,22 @@ impl TestServer {
     }
 
     pub async fn start_with(db: DbConfig) -> Self {
+        let options = reviews::server::ServerOptions {
+            health_interval: Duration::from_millis(200),
+            ..Default::default()
+        };
+        Self::start_with_options(db, options).await
+    }
+
+    pub async fn start_with_options(db: DbConfig, options: reviews::server::ServerOptions) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let db_url = db.url.expose().to_string();
         let store = reviews::cli::store(&db);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(reviews::server::serve(
-            listener,
-            store,
-            Duration::from_millis(200),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(reviews::server::serve(listener, store, options, async {
+            let _ = rx.await;
+        }));
         let client = ReviewServiceClient::new(channel(addr).await);
         Self {
             addr,

@@ -1,0 +1,132 @@
+//! The HTTP face of the service on the gRPC port: the JSON edge transcoded from the proto's
+//! `google.api.http` routes, gRPC-Web for browsers, CORS, probes and the OpenAPI document.
+
+mod json_in;
+mod json_out;
+pub mod openapi;
+mod response;
+pub mod routes;
+mod transcode;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::header::{self, HeaderName, CONTENT_TYPE};
+use http::{HeaderValue, Method, StatusCode};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use response::INVALID_PRODUCT_ID;
+pub use transcode::JsonEdge;
+
+use crate::health::Readiness;
+
+/// Settings of the HTTP side.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Origins allowed to call from a browser; `*` for any.
+    pub cors_origins: Vec<String>,
+    /// Largest JSON body accepted, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            cors_origins: vec!["*".into()],
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Probes {
+    readiness: Readiness,
+    openapi: Arc<String>,
+}
+
+/// One router for everything: the gRPC services (plain and gRPC-Web), the fixed HTTP routes, and
+/// the JSON edge as the fallback. `grpc` must be the plain gRPC router: the JSON edge calls it
+/// in-process, and only its copy here is wrapped in the gRPC-Web layer, which would answer 400 to
+/// plain HTTP requests.
+pub fn router(
+    grpc: axum::Router,
+    edge: JsonEdge,
+    readiness: Readiness,
+    cfg: &HttpConfig,
+) -> axum::Router {
+    let probes = Probes {
+        readiness,
+        openapi: Arc::new(openapi::document(edge.routes()).to_string()),
+    };
+    let fixed = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .with_state(probes);
+    let grpc_web = grpc.layer(tonic_web::GrpcWebLayer::new());
+    let json = axum::Router::new()
+        .fallback(transcode::handle)
+        .with_state(Arc::new(edge));
+    fixed
+        .merge(grpc_web)
+        .fallback_service(json)
+        .layer(cors(cfg))
+}
+
+fn cors(cfg: &HttpConfig) -> CorsLayer {
+    let origins = if cfg.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            cfg.cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    let grpc_headers = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::OPTIONS])
+        .allow_headers([
+            CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("connect-protocol-version"),
+            HeaderName::from_static("connect-timeout-ms"),
+        ])
+        .expose_headers(grpc_headers.map(HeaderName::from_static))
+        .max_age(std::time::Duration::from_secs(24 * 3600))
+}
+
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+/// Liveness: the process answers.
+async fn healthz() -> Response {
+    (StatusCode::OK, [(CONTENT_TYPE, TEXT)], "ok\n").into_response()
+}
+
+/// Readiness: the database answers (and the server is not shutting down).
+async fn readyz(State(p): State<Probes>) -> Response {
+    if p.readiness.is_ready() {
+        (StatusCode::OK, [(CONTENT_TYPE, TEXT)], "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(CONTENT_TYPE, TEXT)],
+            "not ready: the database does not answer\n",
+        )
+            .into_response()
+    }
+}
+
+async fn openapi_json(State(p): State<Probes>) -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        p.openapi.as_str().to_owned(),
+    )
+        .into_response()
+}

@@ -1,0 +1,192 @@
+//! The OpenAPI 3 document of the JSON edge, generated from the same routes and message
+//! descriptors that drive it, so the document cannot drift from what is served.
+
+use std::collections::BTreeMap;
+
+use http::Method;
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{json, Value};
+
+use super::json_in::{enum_prefix, enum_short_names, wrapped_kind};
+use super::routes::{BodyRule, Route, Segment};
+
+pub fn document(routes: &[Route]) -> Value {
+    let mut schemas = BTreeMap::new();
+    let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    for route in routes {
+        let op = operation(route, &mut schemas);
+        paths
+            .entry(route.template.clone())
+            .or_default()
+            .insert(route.method.as_str().to_ascii_lowercase(), op);
+    }
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["error", "code"],
+            "properties": {
+                "error": {"type": "string"},
+                "code": {"type": "string"},
+                "fields": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}
+                    }
+                }
+            }
+        }),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Reviews JSON API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The HTTP/JSON edge of reviews.v1.ReviewService, transcoded from the \
+                            proto's google.api.http annotations."
+        },
+        "paths": paths,
+        "components": {"schemas": schemas}
+    })
+}
+
+fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>) -> Value {
+    let input = route.rpc.input();
+    let mut parameters = Vec::new();
+    let in_path: Vec<&str> = route
+        .segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Field(f) => Some(f.as_str()),
+            Segment::Literal(_) => None,
+        })
+        .collect();
+    for name in &in_path {
+        let field = input
+            .get_field_by_name(name)
+            .expect("checked when routes were built");
+        parameters.push(json!({
+            "name": name, "in": "path", "required": true, "schema": field_schema(&field, schemas)
+        }));
+    }
+    if route.body == BodyRule::None {
+        for field in input.fields().filter(|f| !in_path.contains(&f.name())) {
+            parameters.push(json!({
+                "name": field.name(), "in": "query", "required": false,
+                "schema": field_schema(&field, schemas)
+            }));
+        }
+    }
+    let output = route.rpc.output();
+    let (code, description) = if output.full_name() == "google.protobuf.Empty" {
+        ("204", "Done; no body.")
+    } else if route.method == Method::POST {
+        ("201", "Created.")
+    } else {
+        ("200", "OK.")
+    };
+    let mut success = json!({"description": description});
+    if code != "204" {
+        success["content"] = json!({"application/json": {"schema": message_ref(&output, schemas)}});
+    }
+    let error = |description: &str| {
+        json!({"description": description,
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+    };
+    let mut invalid = error("Invalid input; `fields` names each invalid field.");
+    invalid["content"]["text/plain"] = json!({
+        "schema": {"type": "string", "enum": [super::INVALID_PRODUCT_ID]}
+    });
+    let mut op = json!({
+        "operationId": route.rpc.name(),
+        "tags": [route.rpc.parent_service().name()],
+        "summary": format!("{} ({})", route.rpc.name(), route.rpc.full_name()),
+        "parameters": parameters,
+        "responses": {
+            code: success,
+            "404": error("No such route or resource."),
+            "422": invalid,
+            "503": error("The review store is unavailable; retry."),
+            "500": error("Internal error.")
+        }
+    });
+    if route.body != BodyRule::None {
+        op["requestBody"] = json!({
+            "required": true,
+            "content": {"application/json": {"schema": message_ref(&input, schemas)}}
+        });
+        op["responses"]["413"] = error("The body is too large.");
+        op["responses"]["415"] = error("The body is not application/json.");
+    }
+    op
+}
+
+fn message_ref(desc: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    let name = desc.full_name().to_string();
+    if !schemas.contains_key(&name) {
+        schemas.insert(name.clone(), Value::Null); // breaks cycles while the schema is built
+        let properties: serde_json::Map<String, Value> = desc
+            .fields()
+            .map(|f| (f.name().to_string(), field_schema(&f, schemas)))
+            .collect();
+        schemas.insert(
+            name.clone(),
+            json!({"type": "object", "properties": properties, "additionalProperties": false}),
+        );
+    }
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    if field.is_map() {
+        let Kind::Message(entry) = field.kind() else {
+            unreachable!("map fields are messages");
+        };
+        let value = entry.map_entry_value_field();
+        return json!({"type": "object", "additionalProperties": kind_schema(&value.kind(), schemas)});
+    }
+    let single = kind_schema(&field.kind(), schemas);
+    if field.is_list() {
+        json!({"type": "array", "items": single})
+    } else {
+        single
+    }
+}
+
+fn kind_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>) -> Value {
+    match kind {
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int64", "minimum": 0}),
+        // 64-bit integers travel as strings.
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
+            json!({"type": "string", "format": "int64"})
+        }
+        Kind::Float => json!({"type": "number", "format": "float"}),
+        Kind::Double => json!({"type": "number", "format": "double"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "format": "byte"}),
+        Kind::Enum(e) => {
+            let mut names = enum_short_names(e);
+            let prefix = enum_prefix(e);
+            names.extend(e.values().map(|v| v.name().to_string()));
+            json!({"type": "string", "enum": names,
+                   "description": format!("{} values; the {prefix} prefix may be left out, in lower case", e.name())})
+        }
+        Kind::Message(m) => match (wrapped_kind(m), m.full_name()) {
+            (Some(inner), _) => {
+                let mut schema = kind_schema(&inner, schemas);
+                schema["nullable"] = json!(true);
+                schema
+            }
+            (None, "google.protobuf.Timestamp") => {
+                json!({"type": "string", "format": "date-time", "nullable": true})
+            }
+            (None, "google.protobuf.Empty") => json!({"type": "object"}),
+            (None, _) => json!({"allOf": [message_ref(m, schemas)], "nullable": true}),
+        },
+    }
+}
