@@ -316,6 +316,17 @@ async fn bad_http_is_a_clear_error_never_a_500_and_never_a_write() {
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()["allow"], "PUT");
 
+    let head = client()
+        .head(url(&s, "/reviews/meta?product_id=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (head.status(), content_type(&head)),
+        (StatusCode::OK, JSON.into())
+    );
+    assert!(head.text().await.unwrap().is_empty(), "HEAD has no body");
+
     for path in [
         "/",
         "/review",

@@ -59,11 +59,12 @@ pub async fn handle(State(edge): State<Arc<JsonEdge>>, request: Request<Body>) -
             &format!("no route for {path}"),
         );
     }
-    let Some((route, bound)) = matched
-        .iter()
-        .find(|(r, _)| r.method == request.method())
-        .cloned()
-    else {
+    // HEAD is a GET without the body (hyper leaves the body out).
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
+    let Some((route, bound)) = matched.iter().find(|(r, _)| r.method == method).cloned() else {
         let allowed: Vec<&str> = matched.iter().map(|(r, _)| r.method.as_str()).collect();
         let mut response = json_error(
             StatusCode::METHOD_NOT_ALLOWED,
