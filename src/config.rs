@@ -61,7 +61,7 @@ pub struct DbConfig {
     #[arg(
         long = "db-pool-size",
         env = "REVIEWS_DB_POOL_SIZE",
-        default_value_t = 16
+        default_value_t = 8
     )]
     pub pool_size: u32,
     /// How long a request waits for a pooled connection before failing UNAVAILABLE.
@@ -77,7 +77,7 @@ impl DbConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: Secret::new(url),
-            pool_size: 16,
+            pool_size: 8,
             connect_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(5),
         }

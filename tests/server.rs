@@ -259,3 +259,24 @@ async fn shutdown_lets_calls_in_flight_finish_and_refuses_new_ones() {
         .get(0);
     assert_eq!(stored, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pooled_connections_plan_once() {
+    use diesel::sql_types::Text;
+    use diesel_async::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        plan_cache_mode: String,
+    }
+    let store = reviews::cli::store(&DbConfig::new(
+        common::fresh_db(common::SAMPLE_TEMPLATE).await,
+    ));
+    let mut conn = store.pool().get().await.unwrap();
+    let s: Setting = diesel::sql_query("SHOW plan_cache_mode")
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(s.plan_cache_mode, "force_generic_plan");
+}

@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool, embedded migrations, and the [`Store`] whose methods are the
 //! service's core operations. Every query lives below this module.
 
+mod cached;
 pub mod queries;
 pub mod schema;
 mod writes;
@@ -39,6 +40,19 @@ pub fn pool(cfg: &DbConfig) -> Pool {
         }
         .boxed()
     }));
+    manager_config.custom_setup = Box::new(|url| {
+        async move {
+            use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            // Every statement of the service is an index lookup by id, for which the generic
+            // plan is the plan: planning each execution anew would only cost CPU.
+            conn.batch_execute("SET plan_cache_mode = force_generic_plan")
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         cfg.url.expose(),
         manager_config,

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Int2, Int4, Int8, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::cached::cached;
 use crate::error::Error;
 use crate::reviews::{CharacteristicMeta, Meta, PageRequest, Photo, ProductId, Review, Sort};
 
@@ -96,12 +97,14 @@ pub async fn list_reviews(
     page: PageRequest,
     sort: Sort,
 ) -> Result<Vec<Review>, Error> {
-    let rows: Vec<ReviewRow> = diesel::sql_query(list_sql(sort))
-        .bind::<Int4, _>(product.get())
-        .bind::<BigInt, _>(i64::from(page.size()))
-        .bind::<BigInt, _>(page.offset())
-        .load(conn)
-        .await?;
+    let rows: Vec<ReviewRow> = cached(
+        diesel::sql_query(list_sql(sort))
+            .bind::<Int4, _>(product.get())
+            .bind::<BigInt, _>(i64::from(page.size()))
+            .bind::<BigInt, _>(page.offset()),
+    )
+    .load(conn)
+    .await?;
     Ok(rows.into_iter().map(Review::from).collect())
 }
 
@@ -143,8 +146,7 @@ struct MetaRow {
 }
 
 pub async fn review_meta(conn: &mut AsyncPgConnection, product: ProductId) -> Result<Meta, Error> {
-    let rows: Vec<MetaRow> = diesel::sql_query(META_SQL)
-        .bind::<Int4, _>(product.get())
+    let rows: Vec<MetaRow> = cached(diesel::sql_query(META_SQL).bind::<Int4, _>(product.get()))
         .load(conn)
         .await?;
     let mut meta = Meta::default();
@@ -175,6 +177,6 @@ pub async fn review_meta(conn: &mut AsyncPgConnection, product: ProductId) -> Re
 }
 
 pub async fn ping(conn: &mut AsyncPgConnection) -> Result<(), Error> {
-    diesel::sql_query("SELECT 1").execute(conn).await?;
+    cached(diesel::sql_query("SELECT 1")).execute(conn).await?;
     Ok(())
 }

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Int2, Int4, Int8, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use super::cached::cached;
 use super::schema::{characteristic_reviews, characteristics, reviews, reviews_photos};
 use crate::error::Error;
 use crate::reviews::{NewReview, ReviewId};
@@ -18,8 +19,9 @@ async fn count_review(
     recommend: bool,
     delta: i64,
 ) -> Result<(), Error> {
-    diesel::sql_query(
-        "INSERT INTO product_stats AS s (product_id, rating_1, rating_2, rating_3, rating_4,
+    cached(
+        diesel::sql_query(
+            "INSERT INTO product_stats AS s (product_id, rating_1, rating_2, rating_3, rating_4,
                                          rating_5, recommended_false, recommended_true)
          VALUES ($1, CASE WHEN $2 = 1 THEN $4 ELSE 0 END, CASE WHEN $2 = 2 THEN $4 ELSE 0 END,
                      CASE WHEN $2 = 3 THEN $4 ELSE 0 END, CASE WHEN $2 = 4 THEN $4 ELSE 0 END,
@@ -33,11 +35,12 @@ async fn count_review(
              rating_5 = s.rating_5 + excluded.rating_5,
              recommended_false = s.recommended_false + excluded.recommended_false,
              recommended_true = s.recommended_true + excluded.recommended_true",
+        )
+        .bind::<Int4, _>(product)
+        .bind::<Int2, _>(rating)
+        .bind::<Bool, _>(recommend)
+        .bind::<Int8, _>(delta),
     )
-    .bind::<Int4, _>(product)
-    .bind::<Int2, _>(rating)
-    .bind::<Bool, _>(recommend)
-    .bind::<Int8, _>(delta)
     .execute(conn)
     .await?;
     Ok(())
@@ -120,14 +123,16 @@ async fn apply_characteristic_values(
     review: i32,
     sign: i64,
 ) -> Result<(), Error> {
-    diesel::sql_query(
-        "UPDATE characteristics c
+    cached(
+        diesel::sql_query(
+            "UPDATE characteristics c
          SET value_sum = c.value_sum + $2 * cr.value, value_count = c.value_count + $2
          FROM characteristic_reviews cr
          WHERE cr.review_id = $1 AND c.id = cr.characteristic_id",
+        )
+        .bind::<Int4, _>(review)
+        .bind::<Int8, _>(sign),
     )
-    .bind::<Int4, _>(review)
-    .bind::<Int8, _>(sign)
     .execute(conn)
     .await?;
     Ok(())
