@@ -1,11 +1,14 @@
 //! The command line: `migrate`, `load`, `serve`, and `dev` (the quick start).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::cache::{Cache, CacheConfig, Hooks};
 use crate::config::{DbConfig, Secret, ServeConfig};
+use crate::metrics::Metrics;
 use crate::{db, dev, etl, server};
 
 #[derive(Parser, Debug)]
@@ -70,7 +73,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("could not listen on {}", cfg.listen))?;
-    let store = store(&cfg.db);
+    let store = store(&cfg.db, cfg.cache.config(), Hooks::default())?;
     server::serve(
         listener,
         store,
@@ -80,6 +83,22 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     .await
 }
 
-pub fn store(cfg: &DbConfig) -> db::Store {
-    db::Store::new(db::pool(cfg), cfg.query_timeout)
+/// The store on `db`, behind the Redis cache when one is configured.
+pub fn store(
+    cfg: &DbConfig,
+    cache: Option<CacheConfig>,
+    hooks: Hooks,
+) -> anyhow::Result<db::Store> {
+    let metrics = Arc::new(Metrics::default());
+    let store = db::Store::new(db::pool(cfg), cfg.query_timeout, metrics.clone());
+    Ok(match cache {
+        Some(cache) => {
+            tracing::info!(ttl = ?cache.ttl, "caching reads in Redis");
+            store.with_cache(Cache::new(cache, metrics, hooks)?)
+        }
+        None => {
+            tracing::info!("REDIS_URL is not set: serving without a cache");
+            store
+        }
+    })
 }

@@ -94,6 +94,48 @@ pub struct ServeConfig {
     pub server: ServerArgs,
     #[command(flatten)]
     pub db: DbConfig,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The Redis cache; without `REDIS_URL` the service runs uncached.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Redis URL, e.g. redis://127.0.0.1:6379/. Unset: no cache.
+    #[arg(long = "redis-url", env = "REDIS_URL")]
+    pub redis_url: Option<Secret>,
+    /// How long a cached entry lives.
+    #[arg(long = "cache-ttl", env = "REVIEWS_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Most Redis connections.
+    #[arg(
+        long = "redis-pool-size",
+        env = "REVIEWS_REDIS_POOL_SIZE",
+        default_value_t = 8
+    )]
+    pub pool_size: u32,
+    /// Prefix of every cache key (to share one Redis between environments).
+    #[arg(
+        long = "cache-prefix",
+        env = "REVIEWS_CACHE_PREFIX",
+        default_value = "rv"
+    )]
+    pub prefix: String,
+    /// Deadline of one Redis call; past it the request goes to PostgreSQL.
+    #[arg(long = "redis-timeout", env = "REVIEWS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl CacheArgs {
+    pub fn config(&self) -> Option<crate::cache::CacheConfig> {
+        let url = self.redis_url.as_ref()?;
+        let mut cfg = crate::cache::CacheConfig::new(url.expose());
+        cfg.ttl = self.ttl;
+        cfg.prefix = self.prefix.clone();
+        cfg.pool_size = self.pool_size;
+        cfg.timeout = self.timeout;
+        Some(cfg)
+    }
 }
 
 /// Settings of the server around the service.

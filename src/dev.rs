@@ -1,6 +1,6 @@
-//! `reviews dev`: the quick start. Starts a throwaway PostgreSQL from the machine's server
-//! binaries (installing them with apt when missing and possible), migrates it, loads the sample
-//! data, and serves until Ctrl-C, which stops everything it started.
+//! `reviews dev`: the quick start. Starts a throwaway PostgreSQL and Redis from the machine's
+//! server binaries (installing them with apt when missing and possible), migrates, loads the
+//! sample data, and serves through the cache until Ctrl-C, which stops everything it started.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +8,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::config::{DbConfig, ServeConfig, ServerArgs};
-use crate::local::{self, LocalPostgres};
+use crate::config::{CacheArgs, DbConfig, Secret, ServeConfig, ServerArgs};
+use crate::local::{self, LocalPostgres, LocalRedis};
 use crate::{cli, db, etl};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -19,14 +19,28 @@ pub struct DevConfig {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Serve without starting Redis (reads always go to PostgreSQL).
+    #[arg(long)]
+    pub no_cache: bool,
     /// Folder of CSV files to load.
     #[arg(long, env = "REVIEWS_DEV_DATA", default_value = "data/sample")]
     pub data: PathBuf,
 }
 
-pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
-    ensure_postgres()?;
+pub async fn run(mut cfg: DevConfig) -> anyhow::Result<()> {
+    ensure_installed(local::postgres_available(), "postgresql")?;
     let root = tempfile::Builder::new().prefix("reviews-dev-").tempdir()?;
+    let redis = if cfg.no_cache || cfg.cache.redis_url.is_some() {
+        None
+    } else {
+        ensure_installed(local::which("redis-server").is_some(), "redis-server")?;
+        let redis = LocalRedis::start(&root.path().join("redis"))?;
+        tracing::info!(redis_url = %redis.url(), "Redis started");
+        cfg.cache.redis_url = Some(Secret::new(redis.url()));
+        Some(redis)
+    };
     // Started from this (the main) thread, so the server dies with the process.
     let mut pg = LocalPostgres::init(root.path())?;
     pg.start()?;
@@ -49,36 +63,35 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
         listen: cfg.listen,
         server: cfg.server.clone(),
         db: DbConfig::new(url),
+        cache: cfg.cache.clone(),
     };
     let result = cli::serve(serve).await;
     pg.stop();
+    drop(redis);
     result
 }
 
-/// Installs the PostgreSQL server with apt when it is missing and this process may.
-fn ensure_postgres() -> anyhow::Result<()> {
-    if local::postgres_available() {
+/// Installs a Debian package with apt when what it provides is missing and this process may.
+fn ensure_installed(present: bool, package: &str) -> anyhow::Result<()> {
+    if present {
         return Ok(());
     }
     let root = unsafe { libc::geteuid() } == 0;
     if !root || local::which("apt-get").is_none() {
         bail!(
-            "PostgreSQL server binaries were not found. Install them (Debian/Ubuntu: \
-             `sudo apt-get install -y postgresql`) and run `reviews dev` again."
+            "{package} is not installed. Install it (Debian/Ubuntu: \
+             `sudo apt-get install -y {package}`) and run `reviews dev` again."
         );
     }
-    tracing::info!("installing PostgreSQL with apt-get");
+    tracing::info!(package, "installing with apt-get");
     for args in [
         &["update", "-qq"][..],
-        &["install", "-y", "-qq", "postgresql"][..],
+        &["install", "-y", "-qq", package][..],
     ] {
         let status = Command::new("apt-get").args(args).status()?;
         if !status.success() {
             bail!("`apt-get {}` failed", args.join(" "));
         }
-    }
-    if !local::postgres_available() {
-        bail!("PostgreSQL was installed but its server binaries are still not found");
     }
     Ok(())
 }

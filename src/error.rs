@@ -28,7 +28,7 @@ impl fmt::Display for FieldViolation {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// `product_id` missing or not a positive integer; legacy clients match this exact text.
     #[error("invalid product_id provided")]

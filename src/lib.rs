@@ -1,5 +1,6 @@
 //! Ratings & Reviews: a gRPC service for a storefront's product reviews on PostgreSQL.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -10,6 +11,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod local;
+pub mod metrics;
 pub mod reviews;
 pub mod server;
 pub mod telemetry;

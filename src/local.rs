@@ -139,36 +139,66 @@ impl Drop for LocalPostgres {
 
 /// A Redis server without persistence.
 pub struct LocalRedis {
+    bin: PathBuf,
+    dir: PathBuf,
     port: u16,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl LocalRedis {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let bin = which("redis-server").context(REDIS_HINT)?;
         fs::create_dir_all(dir)?;
-        let port = free_port()?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+        let mut redis = Self {
+            bin,
+            dir: dir.to_path_buf(),
+            port: free_port()?,
+            child: None,
+        };
+        redis.restart()?;
+        Ok(redis)
+    }
+
+    /// Starts the server (again, after `stop`) on its port, empty, and waits until it answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
         cmd.args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
-        cmd.arg("--dir").arg(dir);
+        cmd.arg("--dir").arg(&self.dir);
         cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .stdin(Stdio::null());
         die_with_parent(&mut cmd, libc::SIGTERM);
         let mut child = cmd.spawn().context("could not start redis-server")?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !redis_answers(port) {
+        while !redis_answers(self.port) {
             if let Some(status) = child.try_wait()? {
                 bail!("redis-server exited with {status}");
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("redis-server did not become ready on port {port}");
+                bail!("redis-server did not become ready on port {}", self.port);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { port, child })
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the server; its data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes (`true`) or thaws the server: connections stay open but nothing is answered.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
     }
 
     pub fn url(&self) -> String {
@@ -178,8 +208,8 @@ impl LocalRedis {
 
 impl Drop for LocalRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.freeze(false);
+        self.stop();
     }
 }
 

@@ -54,7 +54,13 @@ pub async fn serve(
         grpc.clone(),
         options.http.max_body,
     );
-    let app = http::router(grpc, edge, readiness.clone(), &options.http);
+    let app = http::router(
+        grpc,
+        edge,
+        readiness.clone(),
+        store.metrics().clone(),
+        &options.http,
+    );
 
     let tracker = tokio::spawn(health::track(
         store,

@@ -270,9 +270,8 @@ async fn pooled_connections_plan_once() {
         #[diesel(sql_type = Text)]
         plan_cache_mode: String,
     }
-    let store = reviews::cli::store(&DbConfig::new(
-        common::fresh_db(common::SAMPLE_TEMPLATE).await,
-    ));
+    let db = DbConfig::new(common::fresh_db(common::SAMPLE_TEMPLATE).await);
+    let store = reviews::cli::store(&db, None, Default::default()).unwrap();
     let mut conn = store.pool().get().await.unwrap();
     let s: Setting = diesel::sql_query("SHOW plan_cache_mode")
         .get_result(&mut *conn)

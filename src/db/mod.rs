@@ -6,6 +6,7 @@ pub mod queries;
 pub mod schema;
 mod writes;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::pooled_connection::{
@@ -15,8 +16,10 @@ use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
+use crate::cache::{Cache, Cacheable, Entry};
 use crate::config::DbConfig;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::reviews::{Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -96,11 +99,45 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
 pub struct Store {
     pool: Pool,
     timeout: Duration,
+    cache: Option<Cache>,
+    metrics: Arc<Metrics>,
 }
 
 impl Store {
-    pub fn new(pool: Pool, timeout: Duration) -> Self {
-        Self { pool, timeout }
+    pub fn new(pool: Pool, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            pool,
+            timeout,
+            cache: None,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Reads go through `cache` (cache-aside); writes invalidate it before they return.
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    async fn cached<T: Cacheable>(
+        &self,
+        entry: Entry,
+        load: impl std::future::Future<Output = Result<T, Error>> + Send,
+    ) -> Result<T, Error> {
+        match &self.cache {
+            Some(cache) => cache.get_or_load(entry, load).await,
+            None => load.await,
+        }
+    }
+
+    async fn invalidate(&self, product: i32) {
+        if let (Some(cache), Ok(product)) = (&self.cache, ProductId::parse(product)) {
+            cache.invalidate(product).await;
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -113,43 +150,71 @@ impl Store {
         page: PageRequest,
         sort: Sort,
     ) -> Result<Vec<Review>, Error> {
-        self.run(async {
+        let load = self.run(async {
             let mut conn = self.pool.get().await?;
             queries::list_reviews(&mut conn, product, page, sort).await
-        })
-        .await
+        });
+        let entry = Entry::List {
+            product,
+            page,
+            sort,
+        };
+        self.cached(entry, load).await
     }
 
     pub async fn review_meta(&self, product: ProductId) -> Result<Meta, Error> {
-        self.run(async {
+        let load = self.run(async {
             let mut conn = self.pool.get().await?;
             queries::review_meta(&mut conn, product).await
-        })
-        .await
+        });
+        self.cached(Entry::Meta { product }, load).await
     }
 
     /// Writes the review, its photos, its characteristic values and the kept aggregates in one
     /// transaction; returns the new review's id.
     pub async fn create_review(&self, review: &NewReview) -> Result<i32, Error> {
-        self.run(async {
-            let mut conn = self.pool.get().await?;
-            writes::create_review(&mut conn, review).await
+        let (store, review) = (self.clone(), review.clone());
+        detached(async move {
+            let id = store
+                .run(async {
+                    let mut conn = store.pool.get().await?;
+                    writes::create_review(&mut conn, &review).await
+                })
+                .await?;
+            store.invalidate(review.product_id.get()).await;
+            Ok(id)
         })
         .await
     }
 
     pub async fn mark_helpful(&self, id: ReviewId) -> Result<(), Error> {
-        self.run(async {
-            let mut conn = self.pool.get().await?;
-            writes::mark_helpful(&mut conn, id).await
+        let store = self.clone();
+        detached(async move {
+            let product = store
+                .run(async {
+                    let mut conn = store.pool.get().await?;
+                    writes::mark_helpful(&mut conn, id).await
+                })
+                .await?;
+            store.invalidate(product).await;
+            Ok(())
         })
         .await
     }
 
     pub async fn report(&self, id: ReviewId) -> Result<(), Error> {
-        self.run(async {
-            let mut conn = self.pool.get().await?;
-            writes::report(&mut conn, id).await
+        let store = self.clone();
+        detached(async move {
+            let changed = store
+                .run(async {
+                    let mut conn = store.pool.get().await?;
+                    writes::report(&mut conn, id).await
+                })
+                .await?;
+            if let Some(product) = changed {
+                store.invalidate(product).await;
+            }
+            Ok(())
         })
         .await
     }
@@ -176,4 +241,14 @@ impl Store {
                 )))
             })
     }
+}
+
+/// Runs a write to completion even if the caller goes away: a write that committed must also
+/// invalidate the cache, whatever happens to the request that asked for it.
+async fn detached<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(write)
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("write task failed: {e}"))))
 }

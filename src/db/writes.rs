@@ -138,20 +138,20 @@ async fn apply_characteristic_values(
     Ok(())
 }
 
-pub async fn mark_helpful(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<(), Error> {
-    let updated = diesel::update(reviews::table.find(id.get()))
+/// Returns the review's product.
+pub async fn mark_helpful(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<i32, Error> {
+    diesel::update(reviews::table.find(id.get()))
         .set(reviews::helpfulness.eq(reviews::helpfulness + 1))
-        .execute(conn)
-        .await?;
-    if updated == 0 {
-        return Err(not_found(id));
-    }
-    Ok(())
+        .returning(reviews::product_id)
+        .get_result(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| not_found(id))
 }
 
 /// Hides the review and takes it out of the kept aggregates, once: reporting a reported review
-/// changes nothing.
-pub async fn report(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<(), Error> {
+/// changes nothing. Returns the product whose reviews changed, if any did.
+pub async fn report(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<Option<i32>, Error> {
     conn.transaction(async |conn| {
         let hidden: Option<(i32, i16, bool)> = diesel::update(
             reviews::table
@@ -167,10 +167,11 @@ pub async fn report(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<(), Er
             let exists: bool = diesel::select(diesel::dsl::exists(reviews::table.find(id.get())))
                 .get_result(conn)
                 .await?;
-            return if exists { Ok(()) } else { Err(not_found(id)) };
+            return if exists { Ok(None) } else { Err(not_found(id)) };
         };
         count_review(conn, product, rating, recommend, -1).await?;
-        apply_characteristic_values(conn, id.get(), -1).await
+        apply_characteristic_values(conn, id.get(), -1).await?;
+        Ok(Some(product))
     })
     .await
 }

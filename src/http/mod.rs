@@ -21,6 +21,7 @@ pub use response::INVALID_PRODUCT_ID;
 pub use transcode::JsonEdge;
 
 use crate::health::Readiness;
+use crate::metrics::Metrics;
 
 /// Settings of the HTTP side.
 #[derive(Debug, Clone)]
@@ -44,6 +45,7 @@ impl Default for HttpConfig {
 struct Probes {
     readiness: Readiness,
     openapi: Arc<String>,
+    metrics: Arc<Metrics>,
 }
 
 /// One router for everything: the gRPC services (plain and gRPC-Web), the fixed HTTP routes, and
@@ -54,16 +56,19 @@ pub fn router(
     grpc: axum::Router,
     edge: JsonEdge,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
     cfg: &HttpConfig,
 ) -> axum::Router {
     let probes = Probes {
         readiness,
         openapi: Arc::new(openapi::document(edge.routes()).to_string()),
+        metrics,
     };
     let fixed = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics_text))
         .with_state(probes);
     let grpc_web = grpc.layer(tonic_web::GrpcWebLayer::new());
     let json = axum::Router::new()
@@ -127,6 +132,18 @@ async fn openapi_json(State(p): State<Probes>) -> Response {
     (
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         p.openapi.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+/// Prometheus text exposition.
+async fn metrics_text(State(p): State<Probes>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        p.metrics.render(),
     )
         .into_response()
 }

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
+use reviews::cache::{CacheConfig, Hooks};
 use reviews::config::DbConfig;
 use reviews::local::{self, LocalPostgres, LocalRedis};
 use reviews::pb::review_service_client::ReviewServiceClient;
 use reviews::pb::{self, Sort};
+use reviews::server::ServerOptions;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -124,6 +126,36 @@ pub async fn fresh_db(template: &str) -> String {
     cluster.url(&name)
 }
 
+/// How to start a test server.
+pub struct Setup {
+    pub db: DbConfig,
+    pub cache: Option<CacheConfig>,
+    pub hooks: Hooks,
+    pub options: ServerOptions,
+}
+
+impl Setup {
+    pub fn new(db: DbConfig) -> Self {
+        Self {
+            db,
+            cache: None,
+            hooks: Hooks::default(),
+            options: ServerOptions {
+                health_interval: Duration::from_millis(200),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Through the Redis at `redis_url`, with keys under `prefix`.
+    pub fn cached(mut self, redis_url: &str, prefix: &str) -> Self {
+        let mut cache = CacheConfig::new(redis_url);
+        cache.prefix = prefix.rsplit('/').next().unwrap_or(prefix).to_string();
+        self.cache = Some(cache);
+        self
+    }
+}
+
 /// The real server, on a free port, against one database.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
@@ -134,27 +166,37 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server on `db_url`, without a cache.
     pub async fn start(db_url: &str) -> Self {
         Self::start_with(DbConfig::new(db_url)).await
     }
 
     pub async fn start_with(db: DbConfig) -> Self {
-        let options = reviews::server::ServerOptions {
-            health_interval: Duration::from_millis(200),
-            ..Default::default()
-        };
-        Self::start_with_options(db, options).await
+        Self::launch(Setup::new(db)).await
     }
 
-    pub async fn start_with_options(db: DbConfig, options: reviews::server::ServerOptions) -> Self {
+    pub async fn start_with_options(db: DbConfig, options: ServerOptions) -> Self {
+        Self::launch(Setup {
+            options,
+            ..Setup::new(db)
+        })
+        .await
+    }
+
+    pub async fn launch(setup: Setup) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let db_url = db.url.expose().to_string();
-        let store = reviews::cli::store(&db);
+        let db_url = setup.db.url.expose().to_string();
+        let store = reviews::cli::store(&setup.db, setup.cache, setup.hooks).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(reviews::server::serve(listener, store, options, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(reviews::server::serve(
+            listener,
+            store,
+            setup.options,
+            async {
+                let _ = rx.await;
+            },
+        ));
         let client = ReviewServiceClient::new(channel(addr).await);
         Self {
             addr,
@@ -165,9 +207,16 @@ impl TestServer {
         }
     }
 
-    /// Sample data, own database, running server.
+    /// Sample data in a database of its own, served through the harness's Redis (with keys of
+    /// its own).
     pub async fn sample() -> Self {
-        Self::start(&fresh_db(SAMPLE_TEMPLATE).await).await
+        Self::sample_with_hooks(Hooks::default()).await
+    }
+
+    pub async fn sample_with_hooks(hooks: Hooks) -> Self {
+        let db = fresh_db(SAMPLE_TEMPLATE).await;
+        let setup = Setup::new(DbConfig::new(&db)).cached(&cluster().redis_url, &db);
+        Self::launch(Setup { hooks, ..setup }).await
     }
 
     pub async fn channel(&self) -> Channel {

@@ -1,0 +1,115 @@
+//! Counters for `GET /metrics`, in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the Redis cache did.
+#[derive(Debug, Default)]
+pub struct CacheMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    /// Database loads made by the cache on a miss (after single-flight).
+    pub loads: Counter,
+    /// Misses that waited for another request's load instead of querying.
+    pub coalesced: Counter,
+    pub fills: Counter,
+    pub invalidations: Counter,
+    pub errors: Counter,
+    /// Reads served from the database without asking Redis (breaker open).
+    pub bypassed: Counter,
+    pub breaker_open: AtomicBool,
+    /// Whether a cache is configured at all.
+    pub enabled: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub cache: CacheMetrics,
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let c = &self.cache;
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "reviews_cache_hits_total",
+                "Reads answered from Redis.",
+                c.hits.get(),
+            ),
+            (
+                "reviews_cache_misses_total",
+                "Reads not found in Redis.",
+                c.misses.get(),
+            ),
+            (
+                "reviews_cache_loads_total",
+                "Database loads made on misses.",
+                c.loads.get(),
+            ),
+            (
+                "reviews_cache_coalesced_total",
+                "Misses that shared another request's load.",
+                c.coalesced.get(),
+            ),
+            (
+                "reviews_cache_fills_total",
+                "Entries written to Redis.",
+                c.fills.get(),
+            ),
+            (
+                "reviews_cache_invalidations_total",
+                "Products invalidated by writes.",
+                c.invalidations.get(),
+            ),
+            (
+                "reviews_cache_errors_total",
+                "Redis calls that failed or timed out.",
+                c.errors.get(),
+            ),
+            (
+                "reviews_cache_bypassed_total",
+                "Reads sent to the database while the breaker was open.",
+                c.bypassed.get(),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        for (name, help, value) in [
+            (
+                "reviews_cache_breaker_open",
+                "1 while the Redis circuit breaker is open.",
+                c.breaker_open.load(Ordering::Relaxed),
+            ),
+            (
+                "reviews_cache_enabled",
+                "1 when a Redis cache is configured.",
+                c.enabled.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                u8::from(value)
+            );
+        }
+        out
+    }
+}
