@@ -25,16 +25,40 @@ enum Command {
         #[arg(long = "database-url", env = "DATABASE_URL")]
         database_url: Secret,
     },
-    /// Load the four CSV files of the data set from a folder into an empty, migrated database.
+    /// Replace the data set of a migrated database with the four CSV files in a folder, in one
+    /// transaction (the service keeps serving the old data until it commits).
     Load {
         /// Folder holding reviews.csv, reviews_photos.csv, characteristics.csv and
         /// characteristic_reviews.csv.
         dir: PathBuf,
         #[arg(long = "database-url", env = "DATABASE_URL")]
         database_url: Secret,
-        /// Write the rows set aside (file, line, reason) to this CSV file.
-        #[arg(long, env = "REVIEWS_REJECTS")]
-        rejects: Option<PathBuf>,
+        /// Folder for the rows set aside: `<file>.rejects`, each row as `file:line: reason`
+        /// followed by the row.
+        #[arg(long, env = "REVIEWS_REJECTS", default_value = "rejects")]
+        rejects: PathBuf,
+        /// The cache's Redis, whose entries are hidden once the new data is in.
+        #[arg(long = "redis-url", env = "REDIS_URL")]
+        redis_url: Option<Secret>,
+        #[arg(
+            long = "cache-prefix",
+            env = "REVIEWS_CACHE_PREFIX",
+            default_value = "rv"
+        )]
+        cache_prefix: String,
+    },
+    /// Write a deterministic data set of the real one's shape and size (1,000,011 products).
+    GenData {
+        /// Folder to write the four files (and dirty.csv, the list of dirty rows) into.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = etl::generate::FULL_PRODUCTS)]
+        products: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Chance, per clean row, of a dirty row of some kind after it.
+        #[arg(long, default_value_t = 0.0)]
+        dirty_rate: f64,
     },
     /// Serve the gRPC API.
     Serve(ServeConfig),
@@ -53,14 +77,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             database_url,
             rejects,
+            redis_url,
+            cache_prefix,
         } => {
-            let report = etl::load(database_url.expose(), &dir, rejects.as_deref()).await?;
-            for f in &report.files {
-                println!(
-                    "{:<28} loaded {:>10}  rejected {:>8}",
-                    f.file, f.loaded, f.rejected
-                );
+            let started = std::time::Instant::now();
+            let report = etl::load(database_url.expose(), &dir, Some(&rejects)).await?;
+            if let Some(url) = redis_url {
+                let mut cache = CacheConfig::new(url.expose());
+                cache.prefix = cache_prefix;
+                crate::cache::hide_all(&cache).await?;
             }
+            print_load_report(&report, started.elapsed(), &rejects);
+            Ok(())
+        }
+        Command::GenData {
+            out,
+            products,
+            seed,
+            dirty_rate,
+        } => {
+            let started = std::time::Instant::now();
+            let cfg = etl::generate::GenConfig {
+                out,
+                products,
+                seed,
+                dirty_rate,
+            };
+            let r = tokio::task::spawn_blocking(move || etl::generate::generate(&cfg)).await??;
+            println!(
+                "wrote {} reviews, {} photos, {} characteristics, {} characteristic reviews \
+                 and {} dirty rows in {:.1} s",
+                r.reviews,
+                r.photos,
+                r.characteristics,
+                r.characteristic_reviews,
+                r.dirty,
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Serve(cfg) => serve(cfg).await,
@@ -101,4 +154,37 @@ pub fn store(
             store
         }
     })
+}
+
+fn print_load_report(
+    report: &etl::LoadReport,
+    total: std::time::Duration,
+    rejects: &std::path::Path,
+) {
+    println!(
+        "{:<28} {:>11} {:>9} {:>8}",
+        "file", "loaded", "rejected", "seconds"
+    );
+    for f in &report.files {
+        println!(
+            "{:<28} {:>11} {:>9} {:>8}",
+            f.file, f.loaded, f.rejected, f.seconds
+        );
+    }
+    for (phase, took) in &report.phases {
+        println!("{phase:<28} {:>30.1}", took.as_secs_f64());
+    }
+    println!(
+        "{:<28} {:>11} {:>9} {:>8.1}",
+        "total",
+        report.loaded(),
+        report.rejected(),
+        total.as_secs_f64()
+    );
+    if let Some(kib) = report.peak_rss_kib {
+        println!("peak memory (RSS): {} MiB", kib / 1024);
+    }
+    if report.rejected() > 0 {
+        println!("rows set aside are in {}", rejects.display());
+    }
 }

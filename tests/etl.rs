@@ -64,7 +64,7 @@ async fn load_handles_the_quirks_and_sets_bad_rows_aside() {
     let dir = tempfile::tempdir().unwrap();
     write_fixture(dir.path());
     let url = fresh_db(EMPTY_TEMPLATE).await;
-    let rejects = dir.path().join("rejects.csv");
+    let rejects = dir.path().join("rejects");
     let report = reviews::etl::load(&url, dir.path(), Some(&rejects))
         .await
         .unwrap();
@@ -83,18 +83,9 @@ async fn load_handles_the_quirks_and_sets_bad_rows_aside() {
         ]
     );
 
-    let rejected = std::fs::read_to_string(&rejects).unwrap();
-    let reasons: HashMap<(String, u64), String> = rejected
-        .lines()
-        .map(|l| {
-            let mut parts = l.splitn(3, ',');
-            let file = parts.next().unwrap().to_string();
-            let line = parts.next().unwrap().parse().unwrap();
-            ((file, line), parts.next().unwrap().to_string())
-        })
-        .collect();
+    let reasons = read_rejects(&rejects);
     assert_eq!(reasons.len(), 14);
-    let reason = |file: &str, line: u64| reasons[&(file.to_string(), line)].clone();
+    let reason = |file: &str, line: u64| reasons[&(file.to_string(), line)].0.clone();
     assert!(reason("characteristics.csv", 5).contains("already has a characteristic named"));
     assert!(reason("characteristics.csv", 6).contains("not a positive 32-bit integer"));
     assert!(reason("reviews.csv", 6).contains("rating"));
@@ -202,17 +193,241 @@ async fn load_handles_the_quirks_and_sets_bad_rows_aside() {
     assert_eq!(photo, 9);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn load_refuses_a_database_that_holds_reviews() {
-    let url = fresh_db(common::SAMPLE_TEMPLATE).await;
-    let err = reviews::etl::load(&url, &common::sample_dir(), None)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("already holds reviews"), "{err}");
+/// `(file, line) -> (reason, row)` from a rejects folder.
+fn read_rejects(dir: &Path) -> HashMap<(String, u64), (String, String)> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let mut lines = text.lines();
+        while let Some(header) = lines.next() {
+            let (file, rest) = header.split_once(':').unwrap();
+            let (line, reason) = rest.split_once(": ").unwrap();
+            let row = lines.next().unwrap_or_default().to_string();
+            out.insert(
+                (file.to_string(), line.parse().unwrap()),
+                (reason.to_string(), row),
+            );
+        }
+    }
+    out
+}
+
+/// A digest of every row of every table, to compare whole data sets.
+async fn digest(db: &tokio_postgres::Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in [
+        "reviews",
+        "reviews_photos",
+        "characteristics",
+        "characteristic_reviews",
+        "product_stats",
+    ] {
+        let key = if table == "product_stats" {
+            "product_id"
+        } else {
+            "id"
+        };
+        let row = db
+            .query_one(
+                &format!("SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY {key})), '') FROM {table} t"),
+                &[],
+            )
+            .await
+            .unwrap();
+        out.push(format!("{table} {}", row.get::<_, String>(0)));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_load_leaves_nothing_behind() {
+async fn loading_again_replaces_the_data_set_with_the_same_result() {
+    let url = fresh_db(common::SAMPLE_TEMPLATE).await;
+    let db = common::sql(&url).await;
+    let before = digest(&db).await;
+    let report = reviews::etl::load(&url, &common::sample_dir(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.rejected(), 0);
+    assert_eq!(digest(&db).await, before);
+    let staging: bool = db
+        .query_one("SELECT to_regnamespace('reviews_staging') IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(staging, "no staging schema is left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_dirty_row_is_set_aside_with_its_line_and_the_rest_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = reviews::etl::generate::GenConfig {
+        out: data.clone(),
+        products: 2000,
+        seed: 7,
+        dirty_rate: 0.01,
+    };
+    let generated = reviews::etl::generate::generate(&cfg).unwrap();
+    let url = fresh_db(EMPTY_TEMPLATE).await;
+    let rejects = dir.path().join("rejects");
+    let report = reviews::etl::load(&url, &data, Some(&rejects))
+        .await
+        .unwrap();
+
+    let loaded: Vec<u64> = report.files.iter().map(|f| f.loaded).collect();
+    assert_eq!(
+        loaded,
+        [
+            generated.characteristics,
+            generated.reviews,
+            generated.photos,
+            generated.characteristic_reviews
+        ],
+        "every clean row loads"
+    );
+    let injected: Vec<(String, u64, String)> = std::fs::read_to_string(data.join("dirty.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut p = l.splitn(3, ',');
+            (
+                p.next().unwrap().into(),
+                p.next().unwrap().parse().unwrap(),
+                p.next().unwrap().into(),
+            )
+        })
+        .collect();
+    let kinds: std::collections::BTreeSet<&str> =
+        injected.iter().map(|(_, _, k)| k.as_str()).collect();
+    assert_eq!(kinds.len(), 7, "every kind of dirt was injected: {kinds:?}");
+    let rejected = read_rejects(&rejects);
+    assert_eq!(rejected.len() as u64, generated.dirty);
+    for (file, line, kind) in &injected {
+        let (reason, row) = rejected
+            .get(&(file.clone(), *line))
+            .unwrap_or_else(|| panic!("{file}:{line} ({kind}) was not set aside"));
+        assert!(row.starts_with("15000"), "the row is kept as it was: {row}");
+        assert!(!reason.is_empty());
+    }
+}
+
+#[test]
+fn generated_data_is_the_same_for_a_seed() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&a, &b] {
+        let cfg = reviews::etl::generate::GenConfig {
+            out: dir.path().to_path_buf(),
+            products: 300,
+            seed: 42,
+            dirty_rate: 0.02,
+        };
+        reviews::etl::generate::generate(&cfg).unwrap();
+    }
+    for file in [
+        "reviews.csv",
+        "reviews_photos.csv",
+        "characteristics.csv",
+        "characteristic_reviews.csv",
+        "dirty.csv",
+    ] {
+        let read = |d: &tempfile::TempDir| std::fs::read(d.path().join(file)).unwrap();
+        assert_eq!(read(&a), read(&b), "{file}");
+    }
+    let reviews = std::fs::read_to_string(a.path().join("reviews.csv")).unwrap();
+    assert!(reviews.starts_with(
+        "id,product_id,rating,date,summary,body,recommend,reported,reviewer_name,reviewer_email,response,helpfulness\n"
+    ));
+    assert!(reviews.contains(",null,"), "bare null responses");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_load_leaves_the_old_data_serving_and_a_rerun_swaps_in_the_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = reviews::etl::generate::GenConfig {
+        out: data.clone(),
+        products: 30_000,
+        seed: 3,
+        dirty_rate: 0.0,
+    };
+    reviews::etl::generate::generate(&cfg).unwrap();
+    let db_url = fresh_db(common::SAMPLE_TEMPLATE).await;
+    let redis = &common::cluster().redis_url;
+    let s = TestServer::launch(
+        common::Setup::new(reviews::config::DbConfig::new(&db_url)).cached(redis, &db_url),
+    )
+    .await;
+    let meta = |s: &TestServer| {
+        let mut c = s.client.clone();
+        async move {
+            c.get_review_meta(pb::GetReviewMetaRequest { product_id: 1 })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let old = meta(&s).await;
+    assert_eq!(old.ratings, HashMap::from([(4, 1), (5, 1)]));
+
+    let mut load = std::process::Command::new(env!("CARGO_BIN_EXE_reviews"))
+        .args(["load", data.to_str().unwrap(), "--database-url", &db_url])
+        .arg("--rejects")
+        .arg(dir.path().join("rejects"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let watcher = common::sql(&db_url).await;
+    assert!(
+        common::eventually(std::time::Duration::from_secs(30), || async {
+            let copying: i64 = watcher
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY reviews_staging.%'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            copying > 0
+        })
+        .await,
+        "the load is copying"
+    );
+    load.kill().unwrap();
+    load.wait().unwrap();
+
+    assert_eq!(meta(&s).await, old, "the old data is still served");
+    assert_eq!(
+        common::fingerprint(&watcher).await[0],
+        149,
+        "and still in place"
+    );
+
+    let report = reviews::etl::load(&db_url, &data, None).await.unwrap();
+    assert_eq!(report.rejected(), 0);
+    reviews::cache::hide_all(&{
+        let mut c = reviews::cache::CacheConfig::new(redis);
+        c.prefix = db_url.rsplit('/').next().unwrap().to_string();
+        c
+    })
+    .await
+    .unwrap();
+    let new = meta(&s).await;
+    assert_ne!(
+        new, old,
+        "right after the swap the service answers from the new data"
+    );
+    let expected: i64 = watcher
+        .query_one(
+            "SELECT count(*) FROM reviews WHERE product_id = 1 AND NOT reported",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(new.ratings.values().sum::<i64>(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_load_leaves_the_old_data_untouched() {
     let dir = tempfile::tempdir().unwrap();
     write_fixture(dir.path());
     std::fs::write(
@@ -220,7 +435,9 @@ async fn a_failed_load_leaves_nothing_behind() {
         "id,url,review_id\n1,x,1\n",
     )
     .unwrap();
-    let url = fresh_db(EMPTY_TEMPLATE).await;
+    let url = fresh_db(common::SAMPLE_TEMPLATE).await;
+    let db = common::sql(&url).await;
+    let before = digest(&db).await;
     let err = reviews::etl::load(&url, dir.path(), None)
         .await
         .unwrap_err();
@@ -235,16 +452,12 @@ async fn a_failed_load_leaves_nothing_behind() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("characteristic_reviews.csv"),
+        err.to_string()
+            .contains("characteristic_reviews.csv is missing"),
         "{err}"
     );
 
-    let db = common::sql(&url).await;
-    assert_eq!(
-        common::fingerprint(&db).await,
-        vec![0; 7],
-        "nothing was loaded"
-    );
+    assert_eq!(digest(&db).await, before, "the old data set is untouched");
 }
 
 fn write_fixture_file(dir: &Path, name: &str, text: &str) {

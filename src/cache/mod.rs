@@ -399,3 +399,14 @@ impl bb8::ManageConnection for Manager {
         conn.broken
     }
 }
+
+/// Hides every cached entry by bumping the epoch, e.g. after a new data set was loaded.
+pub async fn hide_all(cfg: &CacheConfig) -> anyhow::Result<()> {
+    let client = redis::Client::open(cfg.url.expose())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("INCR")
+        .arg(cfg.epoch_key())
+        .query_async::<i64>(&mut conn)
+        .await?;
+    Ok(())
+}

@@ -11,6 +11,8 @@ pub struct Record {
     fields: Vec<(usize, usize, bool)>,
     /// The 1-based line the record starts on.
     pub line: u64,
+    /// The record as it was in the file.
+    pub raw: String,
 }
 
 impl Record {
@@ -34,12 +36,22 @@ impl Record {
 pub struct BadRecord {
     pub line: u64,
     pub reason: String,
+    /// The line as it was in the file.
+    pub raw: String,
 }
+
+/// A quoted field may span at most this many lines; past it, the opening quote is taken to be
+/// a mistake.
+const MAX_RECORD_LINES: usize = 64;
 
 pub struct Reader<R> {
     input: R,
     line: u64,
-    raw: Vec<u8>,
+    /// Lines read ahead of a record that turned out bad, to be read again.
+    pending: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// The physical lines of the record being read.
+    lines: Vec<(u64, Vec<u8>)>,
+    bytes_read: u64,
 }
 
 impl<R: BufRead> Reader<R> {
@@ -47,47 +59,91 @@ impl<R: BufRead> Reader<R> {
         Self {
             input,
             line: 0,
-            raw: Vec::new(),
+            pending: Default::default(),
+            lines: Vec::new(),
+            bytes_read: 0,
         }
     }
 
+    /// Bytes consumed from the input so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    fn next_line(&mut self) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+        if let Some(line) = self.pending.pop_front() {
+            return Ok(Some(line));
+        }
+        let mut raw = Vec::new();
+        let n = self.input.read_until(b'\n', &mut raw)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.bytes_read += n as u64;
+        self.line += 1;
+        Ok(Some((self.line, raw)))
+    }
+
     /// Reads the next record into `rec`. `Ok(false)` at the end of the input; `Err` for a record
-    /// that is not valid CSV or UTF-8 (already skipped).
+    /// that is not valid CSV or UTF-8, already skipped. A bad record that spans several lines
+    /// sets aside only its first line: reading resumes on the second, so a stray quote costs one
+    /// row, not the rest of the file.
     pub fn read(&mut self, rec: &mut Record) -> std::io::Result<Result<bool, BadRecord>> {
         rec.text.clear();
         rec.fields.clear();
-        rec.line = self.line + 1;
+        self.lines.clear();
         let mut state = State::FieldStart;
         loop {
-            self.raw.clear();
-            if self.input.read_until(b'\n', &mut self.raw)? == 0 {
+            let Some((number, raw)) = self.next_line()? else {
                 return Ok(match state {
-                    State::FieldStart if rec.fields.is_empty() => Ok(false),
-                    State::Quoted { .. } => Err(self.bad(rec, "a quoted field is not closed")),
+                    State::FieldStart if self.lines.is_empty() => Ok(false),
+                    State::Quoted { .. } => {
+                        Err(self.give_back(rec, "a quoted field is not closed"))
+                    }
                     _ => Ok(true),
                 });
+            };
+            if self.lines.is_empty() {
+                rec.line = number;
             }
-            self.line += 1;
-            let Ok(line) = std::str::from_utf8(&self.raw) else {
-                return Ok(Err(self.bad(rec, "the line is not valid UTF-8")));
+            self.lines.push((number, raw));
+            let raw = &self.lines.last().expect("just pushed").1;
+            let Ok(line) = std::str::from_utf8(raw) else {
+                return Ok(Err(self.give_back(rec, "the line is not valid UTF-8")));
             };
             let line = line.strip_suffix('\n').unwrap_or(line);
             let line = line.strip_suffix('\r').unwrap_or(line);
             match parse_line(line, rec, state) {
+                Ok(State::Quoted { .. }) if self.lines.len() >= MAX_RECORD_LINES => {
+                    return Ok(Err(self.give_back(rec, "a quoted field is not closed")));
+                }
                 Ok(State::Quoted { start }) => {
                     rec.text.push('\n');
                     state = State::Quoted { start };
                 }
-                Ok(_) => return Ok(Ok(true)),
-                Err(reason) => return Ok(Err(self.bad(rec, reason))),
+                Ok(_) => {
+                    rec.raw.clear();
+                    for (_, l) in &self.lines {
+                        rec.raw.push_str(&String::from_utf8_lossy(l));
+                    }
+                    return Ok(Ok(true));
+                }
+                Err(reason) => return Ok(Err(self.give_back(rec, reason))),
             }
         }
     }
 
-    fn bad(&self, rec: &Record, reason: &str) -> BadRecord {
+    /// Fails the record's first line and queues its other lines to be read again.
+    fn give_back(&mut self, rec: &Record, reason: &str) -> BadRecord {
+        let mut lines = std::mem::take(&mut self.lines).into_iter();
+        let first = lines.next().map(|(_, raw)| raw).unwrap_or_default();
+        for line in lines.rev() {
+            self.pending.push_front(line);
+        }
         BadRecord {
             line: rec.line,
             reason: reason.to_string(),
+            raw: String::from_utf8_lossy(&first).into_owned(),
         }
     }
 }
@@ -195,20 +251,30 @@ mod tests {
     #[test]
     fn bad_records_name_their_line_and_reading_goes_on() {
         let rows = read_all("1,\"a\"b\n2,ok\n3,\"never closed\n");
+        let bad = |line: u64, reason: &str, raw: &str| {
+            Err(BadRecord {
+                line,
+                reason: reason.into(),
+                raw: raw.into(),
+            })
+        };
         assert_eq!(
             rows[0],
-            Err(BadRecord {
-                line: 1,
-                reason: "text follows a closing quote".into()
-            })
+            bad(1, "text follows a closing quote", "1,\"a\"b\n")
         );
         assert_eq!(rows[1].as_ref().unwrap()[1].0, "ok");
         assert_eq!(
             rows[2],
-            Err(BadRecord {
-                line: 3,
-                reason: "a quoted field is not closed".into()
-            })
+            bad(3, "a quoted field is not closed", "3,\"never closed\n")
         );
+    }
+
+    #[test]
+    fn a_stray_quote_costs_only_its_own_line() {
+        let rows = read_all("1,\"stray,x\n2,\"fine\"\n3,\"also fine\"\n");
+        assert_eq!(rows.len(), 3);
+        assert!(matches!(&rows[0], Err(b) if b.line == 1));
+        assert_eq!(rows[1].as_ref().unwrap()[1].0, "fine");
+        assert_eq!(rows[2].as_ref().unwrap()[1].0, "also fine");
     }
 }

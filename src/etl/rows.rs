@@ -56,13 +56,13 @@ pub struct FileSpec {
 pub const CHARACTERISTICS: FileSpec = FileSpec {
     file: "characteristics.csv",
     header: CHARACTERISTICS_HEADER,
-    table: "characteristics (id, product_id, name)",
-    types: &[Type::INT4, Type::INT4, Type::TEXT],
+    table: "reviews_staging.characteristics (id, product_id, name, value_sum, value_count)",
+    types: &[Type::INT4, Type::INT4, Type::TEXT, Type::INT8, Type::INT8],
 };
 pub const REVIEWS: FileSpec = FileSpec {
     file: "reviews.csv",
     header: REVIEWS_HEADER,
-    table: "reviews (id, product_id, rating, date, summary, body, recommend, reported, \
+    table: "reviews_staging.reviews (id, product_id, rating, date, summary, body, recommend, reported, \
             reviewer_name, reviewer_email, response, helpfulness)",
     types: &[
         Type::INT4,
@@ -82,13 +82,13 @@ pub const REVIEWS: FileSpec = FileSpec {
 pub const PHOTOS: FileSpec = FileSpec {
     file: "reviews_photos.csv",
     header: PHOTOS_HEADER,
-    table: "reviews_photos (id, review_id, url)",
+    table: "reviews_staging.reviews_photos (id, review_id, url)",
     types: &[Type::INT4, Type::INT4, Type::TEXT],
 };
 pub const CHARACTERISTIC_REVIEWS: FileSpec = FileSpec {
     file: "characteristic_reviews.csv",
     header: CHARACTERISTIC_REVIEWS_HEADER,
-    table: "characteristic_reviews (id, characteristic_id, review_id, value)",
+    table: "reviews_staging.characteristic_reviews (id, characteristic_id, review_id, value)",
     types: &[Type::INT4, Type::INT4, Type::INT4, Type::INT2],
 };
 
