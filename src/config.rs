@@ -152,6 +152,10 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// Close client connections (with a GOAWAY, so clients reconnect without failing calls)
+    /// once they are this old, so long-lived gRPC connections spread over new replicas.
+    #[arg(long = "max-connection-age", env = "REVIEWS_MAX_CONNECTION_AGE", value_parser = parse_duration)]
+    pub max_connection_age: Option<Duration>,
     /// Largest JSON request body, in bytes; larger ones get 413.
     #[arg(long = "max-body-bytes", env = "REVIEWS_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -161,6 +165,7 @@ impl ServerArgs {
     pub fn options(&self) -> crate::server::ServerOptions {
         crate::server::ServerOptions {
             health_interval: self.health_interval,
+            max_connection_age: self.max_connection_age,
             http: crate::http::HttpConfig {
                 cors_origins: self.cors_origins.clone(),
                 max_body: self.max_body_bytes,

@@ -38,6 +38,8 @@ pub struct CacheMetrics {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Every HTTP request the server answered (gRPC, gRPC-Web, JSON, probes).
+    pub requests: Counter,
     pub cache: CacheMetrics,
 }
 
@@ -46,6 +48,11 @@ impl Metrics {
         let c = &self.cache;
         let mut out = String::new();
         for (name, help, value) in [
+            (
+                "reviews_requests_total",
+                "Requests answered, of every protocol.",
+                self.requests.get(),
+            ),
             (
                 "reviews_cache_hits_total",
                 "Reads answered from Redis.",

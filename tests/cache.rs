@@ -409,4 +409,5 @@ async fn without_redis_url_the_service_runs_uncached() {
     assert_eq!(list(&s, 1, None, None).await, [2, 1]);
     let m = metrics(&s).await;
     assert_eq!((m["enabled"], m["misses"], m["hits"]), (0, 0, 0));
+    assert!(m["reviews_requests"] >= 2, "requests are counted: {m:?}");
 }

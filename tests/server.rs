@@ -279,3 +279,43 @@ async fn pooled_connections_plan_once() {
         .unwrap();
     assert_eq!(s.plan_cache_mode, "force_generic_plan");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_connections_are_rotated_without_failing_a_call() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let db = DbConfig::new(common::fresh_db(common::SAMPLE_TEMPLATE).await);
+    let options = reviews::server::ServerOptions {
+        max_connection_age: Some(Duration::from_millis(600)),
+        ..Default::default()
+    };
+    let s = TestServer::start_with_options(db, options).await;
+    let connects = Arc::new(AtomicUsize::new(0));
+    let (counter, addr) = (connects.clone(), s.addr);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = reviews::pb::review_service_client::ReviewServiceClient::new(channel);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut calls = 0;
+    while Instant::now() < until {
+        client
+            .get_review_meta(pb::GetReviewMetaRequest { product_id: 1 })
+            .await
+            .expect("no call fails when its connection is rotated");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = connects.load(Ordering::SeqCst);
+    assert!(n >= 3, "{calls} calls over 3 s used {n} connections");
+}

@@ -59,6 +59,11 @@ pub fn router(
     metrics: Arc<Metrics>,
     cfg: &HttpConfig,
 ) -> axum::Router {
+    let counted = metrics.clone();
+    let count_requests = tower::util::MapRequestLayer::new(move |request: http::Request<_>| {
+        counted.requests.inc();
+        request
+    });
     let probes = Probes {
         readiness,
         openapi: Arc::new(openapi::document(edge.routes()).to_string()),
@@ -78,6 +83,7 @@ pub fn router(
         .merge(grpc_web)
         .fallback_service(json)
         .layer(cors(cfg))
+        .layer(count_requests)
 }
 
 fn cors(cfg: &HttpConfig) -> CorsLayer {
