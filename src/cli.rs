@@ -143,7 +143,15 @@ pub fn store(
     hooks: Hooks,
 ) -> anyhow::Result<db::Store> {
     let metrics = Arc::new(Metrics::default());
-    let store = db::Store::new(db::pool(cfg), cfg.query_timeout, metrics.clone());
+    let mut store = db::Store::new(db::pool(cfg), cfg.query_timeout, metrics.clone());
+    if let Some(read_url) = &cfg.read_url {
+        let replicas = DbConfig {
+            url: read_url.clone(),
+            read_url: None,
+            ..cfg.clone()
+        };
+        store = store.with_replicas(db::pool(&replicas));
+    }
     Ok(match cache {
         Some(cache) => {
             tracing::info!(ttl = ?cache.ttl, "caching reads in Redis");

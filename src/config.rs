@@ -57,6 +57,11 @@ pub struct DbConfig {
     /// PostgreSQL connection URL.
     #[arg(long = "database-url", env = "DATABASE_URL")]
     pub url: Secret,
+    /// Read replicas (e.g. CloudNativePG's `-ro` service). Reads that miss the cache go there
+    /// when the cache knows the replica has replayed every write to the product; otherwise, and
+    /// without a cache, to the primary.
+    #[arg(long = "database-read-url", env = "DATABASE_READ_URL")]
+    pub read_url: Option<Secret>,
     /// Most connections the pool opens.
     #[arg(
         long = "db-pool-size",
@@ -77,6 +82,7 @@ impl DbConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: Secret::new(url),
+            read_url: None,
             pool_size: 8,
             connect_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(5),

@@ -25,18 +25,14 @@ pub struct LocalPostgres {
     port: u16,
     owner: Option<(u32, u32)>,
     child: Option<Child>,
+    /// Extra `-c` settings.
+    settings: Vec<String>,
 }
 
 impl LocalPostgres {
     /// Creates a cluster under `root` (a new or empty folder) with a superuser `reviews`.
     pub fn init(root: &Path) -> anyhow::Result<Self> {
-        let bin = postgres_bin_dir().context(PG_HINT)?;
-        fs::create_dir_all(root)?;
-        // PostgreSQL refuses to run as root; under root it runs as an unprivileged account.
-        let owner = unprivileged_owner()?;
-        if let Some((uid, gid)) = owner {
-            chown(root, Some(uid), Some(gid))?;
-        }
+        let (bin, owner) = prepare(root)?;
         let mut initdb = Command::new(bin.join("initdb"));
         initdb.args(["-U", "reviews", "-A", "trust", "-E", "UTF8", "--locale=C"]);
         initdb.args(["--no-sync", "--no-instructions", "-D"]);
@@ -52,6 +48,44 @@ impl LocalPostgres {
             port: 0,
             owner,
             child: None,
+            settings: Vec::new(),
+        })
+    }
+
+    /// A streaming replica of the server on `primary_port`, created under `root` (a new or empty
+    /// folder), that applies the primary's changes only `apply_delay` after they happen: a
+    /// replica that lags on purpose.
+    pub fn replica(root: &Path, primary_port: u16, apply_delay: Duration) -> anyhow::Result<Self> {
+        let (bin, owner) = prepare(root)?;
+        let mut backup = Command::new(bin.join("pg_basebackup"));
+        backup.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary_port.to_string(),
+            "-U",
+            "reviews",
+        ]);
+        backup.args(["-X", "stream", "-R", "--no-sync", "-D"]);
+        backup.arg(root.join("data"));
+        run_as(&mut backup, owner);
+        let out = backup.output().context("could not run pg_basebackup")?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self {
+            bin,
+            root: root.to_path_buf(),
+            port: 0,
+            owner,
+            child: None,
+            settings: vec![format!(
+                "recovery_min_apply_delay={}ms",
+                apply_delay.as_millis()
+            )],
         })
     }
 
@@ -76,6 +110,9 @@ impl LocalPostgres {
             "full_page_writes=off",
             "shared_buffers=128MB",
         ] {
+            cmd.args(["-c", setting]);
+        }
+        for setting in &self.settings {
             cmd.args(["-c", setting]);
         }
         cmd.stdout(log.try_clone()?)
@@ -129,6 +166,18 @@ impl LocalPostgres {
         let lines: Vec<_> = log.lines().rev().take(20).collect();
         lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
+}
+
+/// The server binaries, and `root` made and handed to the account the server will run as.
+fn prepare(root: &Path) -> anyhow::Result<(PathBuf, Option<(u32, u32)>)> {
+    let bin = postgres_bin_dir().context(PG_HINT)?;
+    fs::create_dir_all(root)?;
+    // PostgreSQL refuses to run as root; under root it runs as an unprivileged account.
+    let owner = unprivileged_owner()?;
+    if let Some((uid, gid)) = owner {
+        chown(root, Some(uid), Some(gid))?;
+    }
+    Ok((bin, owner))
 }
 
 impl Drop for LocalPostgres {

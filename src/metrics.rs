@@ -40,6 +40,8 @@ pub struct CacheMetrics {
 pub struct Metrics {
     /// Every HTTP request the server answered (gRPC, gRPC-Web, JSON, probes).
     pub requests: Counter,
+    /// Reads answered by a read replica.
+    pub replica_reads: Counter,
     pub cache: CacheMetrics,
 }
 
@@ -52,6 +54,11 @@ impl Metrics {
                 "reviews_requests_total",
                 "Requests answered, of every protocol.",
                 self.requests.get(),
+            ),
+            (
+                "reviews_replica_reads_total",
+                "Reads answered by a read replica.",
+                self.replica_reads.get(),
             ),
             (
                 "reviews_cache_hits_total",

@@ -37,21 +37,7 @@ async fn metrics(s: &TestServer) -> HashMap<String, u64> {
 }
 
 async fn list(s: &TestServer, product: i32, page: Option<i32>, count: Option<i32>) -> Vec<i32> {
-    s.client
-        .clone()
-        .list_reviews(ListReviewsRequest {
-            product_id: product,
-            page,
-            count,
-            sort: Sort::Newest as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results
-        .iter()
-        .map(|r| r.review_id)
-        .collect()
+    s.newest_ids(product, page, count).await
 }
 
 fn review(product_id: i32, characteristics: &[(i32, i32)]) -> pb::CreateReviewRequest {

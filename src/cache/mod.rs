@@ -45,7 +45,21 @@ const LOOKUP: &str = r"
 local epoch = redis.call('GET', KEYS[1]) or '0'
 local version = redis.call('GET', KEYS[2]) or '0'
 local key = ARGV[1] .. epoch .. ':v' .. version .. ARGV[2]
-return {key, redis.call('GET', key)}
+return {key, redis.call('GET', key), redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])}
+";
+
+/// Bumps a product's version and records how far the primary's WAL had gone when the write
+/// committed (the product's LSN only grows; the floor is set once per Redis lifetime).
+const INVALIDATE: &str = r"
+redis.call('INCR', KEYS[1])
+local lsn = tonumber(ARGV[1])
+if lsn > 0 then
+  if lsn > tonumber(redis.call('GET', KEYS[2]) or '0') then
+    redis.call('SET', KEYS[2], ARGV[1])
+  end
+  redis.call('SET', KEYS[3], ARGV[1], 'NX')
+end
+return 1
 ";
 
 #[derive(Debug, Clone)]
@@ -131,6 +145,23 @@ impl CacheConfig {
     fn version_key(&self, product: ProductId) -> String {
         format!("{}:{{{}}}:version", self.prefix, product.get())
     }
+
+    /// The primary's WAL position (as a number) after the product's last write.
+    fn lsn_key(&self, product: ProductId) -> String {
+        format!("{}:{{{}}}:lsn", self.prefix, product.get())
+    }
+
+    /// A WAL position at or past every write made before this Redis started keeping LSNs.
+    fn floor_key(&self) -> String {
+        format!("{}:lsn-floor", self.prefix)
+    }
+}
+
+/// What a lookup found: the versioned key, its value, and the WAL position its data needs.
+struct Lookup {
+    key: String,
+    value: Option<Bytes>,
+    needed: Option<i64>,
 }
 
 /// Test hooks: pause a read between its database load and its fill, or inside its load.
@@ -149,6 +180,7 @@ struct Inner {
     pool: bb8::Pool<Manager>,
     cfg: CacheConfig,
     lookup: redis::Script,
+    invalidate: redis::Script,
     breaker: Breaker,
     flights: Flights,
     metrics: Arc<Metrics>,
@@ -173,6 +205,7 @@ impl Cache {
                 breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown, metrics.clone()),
                 cfg,
                 lookup: redis::Script::new(LOOKUP),
+                invalidate: redis::Script::new(INVALIDATE),
                 flights: Flights::default(),
                 metrics,
                 owes_epoch_bump: AtomicBool::new(false),
@@ -183,31 +216,40 @@ impl Cache {
         Ok(cache)
     }
 
-    /// The cached value of `entry`, or `load`'s, which is then cached.
-    pub async fn get_or_load<T, F>(&self, entry: Entry, load: F) -> Result<T, Error>
+    /// The cached value of `entry`, or `load`'s, which is then cached. `load` is told the WAL
+    /// position its data must include (every write to the product so far), when the cache
+    /// knows it: a read replica that has replayed that far may answer.
+    pub async fn get_or_load<T, F, Fut>(&self, entry: Entry, load: F) -> Result<T, Error>
     where
         T: Cacheable,
-        F: std::future::Future<Output = Result<T, Error>> + Send,
+        F: FnOnce(Option<i64>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send,
     {
         let c = &self.inner;
-        if !entry.cacheable() {
-            return load.await;
-        }
-        if !c.ready().await {
+        if !entry.cacheable() || !c.ready().await {
             c.metrics.cache.bypassed.inc();
-            return load.await;
+            return load(None).await;
         }
-        let key = match c.lookup(&entry).await {
-            Ok((key, Some(bytes))) => match T::decode(&bytes) {
+        let (key, needed) = match c.lookup(&entry).await {
+            Ok(Lookup {
+                key,
+                value: Some(bytes),
+                needed,
+            }) => match T::decode(&bytes) {
                 Some(value) => {
                     c.metrics.cache.hits.inc();
                     return Ok(value);
                 }
-                None => key, // written by another version of the service: reload it
+                None => (key, needed), // written by another version of the service: reload it
             },
-            Ok((key, None)) => key,
-            Err(()) => return load.await,
+            Ok(Lookup {
+                key,
+                value: None,
+                needed,
+            }) => (key, needed),
+            Err(()) => return load(None).await,
         };
+        let load = load(needed);
         c.metrics.cache.misses.inc();
         let joined = || c.metrics.cache.coalesced.inc();
         let (outcome, _) = c
@@ -232,17 +274,20 @@ impl Cache {
         T::decode(&outcome?).ok_or_else(|| Error::Internal("undecodable cache entry".into()))
     }
 
-    /// Hides every cached entry of `product`. Called after a write commits, before it returns.
-    pub async fn invalidate(&self, product: ProductId) {
+    /// Hides every cached entry of `product`, and records `lsn` (the primary's WAL position
+    /// after the write, when read replicas are in use). Called after a write commits, before it
+    /// returns.
+    pub async fn invalidate(&self, product: ProductId, lsn: Option<i64>) {
         let c = &self.inner;
         c.metrics.cache.invalidations.inc();
+        let mut invocation = c.invalidate.key(c.cfg.version_key(product));
+        invocation
+            .key(c.cfg.lsn_key(product))
+            .key(c.cfg.floor_key())
+            .arg(lsn.unwrap_or(0));
         let bumped = c.breaker.allows()
             && c.call(|mut conn| async move {
-                redis::cmd("INCR")
-                    .arg(c.cfg.version_key(product))
-                    .query_async::<i64>(&mut conn)
-                    .await
-                    .map(drop)
+                invocation.invoke_async::<i64>(&mut conn).await.map(drop)
             })
             .await
             .is_ok();
@@ -285,19 +330,27 @@ impl Inner {
         ok
     }
 
-    async fn lookup(&self, entry: &Entry) -> Result<(String, Option<Bytes>), ()> {
+    async fn lookup(&self, entry: &Entry) -> Result<Lookup, ()> {
         let product = entry.product();
         let invocation = {
             let mut inv = self.lookup.key(self.cfg.epoch_key());
             inv.key(self.cfg.version_key(product))
+                .key(self.cfg.lsn_key(product))
+                .key(self.cfg.floor_key())
                 .arg(self.cfg.entry_prefix(product))
                 .arg(entry.suffix());
             inv
         };
         self.call(|mut conn| async move {
-            let (key, value): (String, Option<Vec<u8>>) =
+            let (key, value, lsn, floor): (String, Option<Vec<u8>>, Option<i64>, Option<i64>) =
                 invocation.invoke_async(&mut conn).await?;
-            Ok((key, value.map(Bytes::from)))
+            // Without a floor, writes from before this Redis's time are unaccounted for.
+            let needed = floor.map(|f| f.max(lsn.unwrap_or(0)));
+            Ok(Lookup {
+                key,
+                value: value.map(Bytes::from),
+                needed,
+            })
         })
         .await
     }
@@ -400,13 +453,16 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
-/// Hides every cached entry by bumping the epoch, e.g. after a new data set was loaded.
+/// Hides every cached entry by bumping the epoch, e.g. after a new data set was loaded, and
+/// forgets the WAL floor, so replicas serve again only once they have replayed a later write.
 pub async fn hide_all(cfg: &CacheConfig) -> anyhow::Result<()> {
     let client = redis::Client::open(cfg.url.expose())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    redis::cmd("INCR")
-        .arg(cfg.epoch_key())
-        .query_async::<i64>(&mut conn)
+    redis::pipe()
+        .atomic()
+        .incr(cfg.epoch_key(), 1)
+        .del(cfg.floor_key())
+        .query_async::<()>(&mut conn)
         .await?;
     Ok(())
 }

@@ -98,19 +98,53 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Read replicas, used only through the cache, and only when they have replayed every
+    /// write to the product being read (see `read_conn`).
+    replicas: Option<Pool>,
     timeout: Duration,
     cache: Option<Cache>,
     metrics: Arc<Metrics>,
 }
 
+/// How long a read waits for a replica connection before using the primary.
+const REPLICA_CHECKOUT: Duration = Duration::from_millis(50);
+
+type Conn<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+
 impl Store {
     pub fn new(pool: Pool, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             pool,
+            replicas: None,
             timeout,
             cache: None,
             metrics,
         }
+    }
+
+    /// Reads may go to `replicas` (`DATABASE_READ_URL`) when the cache can tell they are fresh.
+    pub fn with_replicas(mut self, replicas: Pool) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// A connection for a read whose data must include WAL position `needed`: a replica that
+    /// has replayed that far, else the primary. Without a known position, the primary.
+    async fn read_conn(&self, needed: Option<i64>) -> Result<Conn<'_>, Error> {
+        if let (Some(replicas), Some(needed)) = (&self.replicas, needed) {
+            // A replica that is down must not slow reads down: give it little time.
+            let checkout = tokio::time::timeout(REPLICA_CHECKOUT, replicas.get()).await;
+            if let Ok(Ok(mut conn)) = checkout {
+                if queries::replayed_past(&mut conn, needed)
+                    .await
+                    .unwrap_or(false)
+                {
+                    self.metrics.replica_reads.inc();
+                    return Ok(conn);
+                }
+            }
+        }
+        Ok(self.pool.get().await?)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -123,21 +157,35 @@ impl Store {
         self
     }
 
-    async fn cached<T: Cacheable>(
-        &self,
-        entry: Entry,
-        load: impl std::future::Future<Output = Result<T, Error>> + Send,
-    ) -> Result<T, Error> {
+    async fn cached<T, F, Fut>(&self, entry: Entry, load: F) -> Result<T, Error>
+    where
+        T: Cacheable,
+        F: FnOnce(Option<i64>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send,
+    {
         match &self.cache {
             Some(cache) => cache.get_or_load(entry, load).await,
-            None => load.await,
+            None => load(None).await,
         }
     }
 
+    /// After a committed write: hides the product's cached entries, recording how far the
+    /// primary's WAL had gone when replicas are in use.
     async fn invalidate(&self, product: i32) {
-        if let (Some(cache), Ok(product)) = (&self.cache, ProductId::parse(product)) {
-            cache.invalidate(product).await;
-        }
+        let (Some(cache), Ok(product)) = (&self.cache, ProductId::parse(product)) else {
+            return;
+        };
+        let lsn = match &self.replicas {
+            Some(_) => self
+                .run(async {
+                    let mut conn = self.pool.get().await?;
+                    queries::wal_position(&mut conn).await
+                })
+                .await
+                .ok(),
+            None => None,
+        };
+        cache.invalidate(product, lsn).await;
     }
 
     pub fn pool(&self) -> &Pool {
@@ -150,10 +198,12 @@ impl Store {
         page: PageRequest,
         sort: Sort,
     ) -> Result<Vec<Review>, Error> {
-        let load = self.run(async {
-            let mut conn = self.pool.get().await?;
-            queries::list_reviews(&mut conn, product, page, sort).await
-        });
+        let load = |needed| {
+            self.run(async move {
+                let mut conn = self.read_conn(needed).await?;
+                queries::list_reviews(&mut conn, product, page, sort).await
+            })
+        };
         let entry = Entry::List {
             product,
             page,
@@ -163,10 +213,12 @@ impl Store {
     }
 
     pub async fn review_meta(&self, product: ProductId) -> Result<Meta, Error> {
-        let load = self.run(async {
-            let mut conn = self.pool.get().await?;
-            queries::review_meta(&mut conn, product).await
-        });
+        let load = |needed| {
+            self.run(async move {
+                let mut conn = self.read_conn(needed).await?;
+                queries::review_meta(&mut conn, product).await
+            })
+        };
         self.cached(Entry::Meta { product }, load).await
     }
 

@@ -180,3 +180,38 @@ pub async fn ping(conn: &mut AsyncPgConnection) -> Result<(), Error> {
     cached(diesel::sql_query("SELECT 1")).execute(conn).await?;
     Ok(())
 }
+
+#[derive(QueryableByName)]
+struct Position {
+    #[diesel(sql_type = Int8)]
+    lsn: i64,
+}
+
+/// How far the primary's WAL has gone (the insert position, past every commit so far).
+pub async fn wal_position(conn: &mut AsyncPgConnection) -> Result<i64, Error> {
+    let p: Position = cached(diesel::sql_query(
+        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 AS lsn",
+    ))
+    .get_result(conn)
+    .await?;
+    Ok(p.lsn)
+}
+
+#[derive(QueryableByName)]
+struct Replayed {
+    #[diesel(sql_type = Bool)]
+    replayed: bool,
+}
+
+/// Whether this server has replayed the WAL past `lsn` (a primary always has).
+pub async fn replayed_past(conn: &mut AsyncPgConnection, lsn: i64) -> Result<bool, Error> {
+    let r: Replayed = cached(
+        diesel::sql_query(
+            "SELECT coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn) >= $1, true) AS replayed",
+        )
+        .bind::<Int8, _>(lsn),
+    )
+    .get_result(conn)
+    .await?;
+    Ok(r.replayed)
+}

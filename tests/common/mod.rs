@@ -325,6 +325,30 @@ impl TestServer {
             .results
     }
 
+    /// The ids of a newest-first page of a product's reviews.
+    pub async fn newest_ids(
+        &self,
+        product: i32,
+        page: Option<i32>,
+        count: Option<i32>,
+    ) -> Vec<i32> {
+        self.client
+            .clone()
+            .list_reviews(pb::ListReviewsRequest {
+                product_id: product,
+                page,
+                count,
+                sort: Sort::Newest as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .iter()
+            .map(|r| r.review_id)
+            .collect()
+    }
+
     pub async fn meta(&mut self, product: i32) -> pb::ReviewMeta {
         self.client
             .get_review_meta(pb::GetReviewMetaRequest {
