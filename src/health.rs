@@ -1,5 +1,7 @@
 //! Readiness: whether the database answers, as gRPC health (`""` and `reviews.v1.ReviewService`)
-//! and for the HTTP `/readyz` probe. It turns NOT_SERVING as soon as shutdown begins.
+//! and for the HTTP `/readyz` probe. It turns NOT_SERVING as soon as shutdown begins. Liveness
+//! is the gRPC health service `liveness` (and HTTP `/healthz`): SERVING while the process
+//! answers, whatever the database does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,8 +19,14 @@ pub struct Readiness {
     reporter: HealthReporter,
 }
 
+/// The gRPC health service name of the liveness probe.
+pub const LIVENESS: &str = "liveness";
+
 impl Readiness {
-    pub fn new(reporter: HealthReporter) -> Self {
+    pub async fn new(reporter: HealthReporter) -> Self {
+        reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         Self {
             ready: Arc::new(AtomicBool::new(false)),
             reporter,

@@ -156,6 +156,11 @@ async fn a_stopped_database_means_unavailable_not_a_hang_and_recovery_after() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(serving(&s, ServingStatus::NotServing).await);
+    assert_eq!(
+        health(&s, "liveness").await.unwrap(),
+        ServingStatus::Serving,
+        "liveness does not follow the database"
+    );
 
     pg.start().unwrap();
     let mut client = s.client.clone();
