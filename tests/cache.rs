@@ -16,22 +16,17 @@ use reviews::local::LocalRedis;
 use reviews::pb::{self, ListReviewsRequest, Sort};
 use tokio::sync::Notify;
 
-/// The server's counters from `GET /metrics`.
+/// The server's cache counters from `GET /metrics`, without the `reviews_cache_` prefix and
+/// the `_total` suffix.
 async fn metrics(s: &TestServer) -> HashMap<String, u64> {
-    let text = reqwest::get(format!("http://{}/metrics", s.addr))
+    s.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.split_once(' ')?;
+        .into_iter()
+        .map(|(name, value)| {
             let name = name
                 .trim_start_matches("reviews_cache_")
                 .trim_end_matches("_total");
-            Some((name.to_string(), value.parse().ok()?))
+            (name.to_string(), value)
         })
         .collect()
 }

@@ -12,17 +12,7 @@ use reviews::local::LocalPostgres;
 use reviews::pb;
 
 async fn replica_reads(s: &TestServer) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", s.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("reviews_replica_reads_total "))
-        .unwrap()
-        .parse()
-        .unwrap()
+    s.metrics().await["reviews_replica_reads_total"]
 }
 
 /// The newest review ids of a product, with a page size that makes a cache key of its own.

@@ -325,6 +325,23 @@ impl TestServer {
             .results
     }
 
+    /// The server's counters and gauges from `GET /metrics`, by full name.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, u64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.split_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// The ids of a newest-first page of a product's reviews.
     pub async fn newest_ids(
         &self,
