@@ -9,6 +9,10 @@
 //! (single-flight, keyed by the versioned key, so a read never joins a load older than a write
 //! it must see).
 //!
+//! With read replicas, a write also records the primary's WAL position after its commit (per
+//! product, and once per Redis lifetime as a floor); the lookup returns the position a miss must
+//! read at least up to, so a lagging replica is never asked (see `db::Store::read_conn`).
+//!
 //! Redis failing never fails a request: every call has a short timeout, a breaker skips Redis
 //! for a while after repeated failures, and reads then go to PostgreSQL. A write whose version
 //! bump could not reach Redis leaves the replica owing an epoch bump, retried in the background
