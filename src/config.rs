@@ -34,6 +34,27 @@ impl FromStr for Secret {
     }
 }
 
+/// A PostgreSQL URL (or `key=value` connection string), checked when the command line is read:
+/// a typo is a usage error at start-up rather than a readiness probe that never passes. The
+/// message never repeats the value, which may hold a password.
+pub fn parse_database_url(s: &str) -> Result<Secret, String> {
+    let cfg: tokio_postgres::Config = s.parse().map_err(|e| {
+        format!("not a PostgreSQL URL (postgres://user:password@host:port/database): {e}")
+    })?;
+    if cfg.get_hosts().is_empty() {
+        return Err("the PostgreSQL URL names no host".into());
+    }
+    Ok(Secret::new(s))
+}
+
+/// A Redis URL (`redis://[user:password@]host:port/[db]`), checked like [`parse_database_url`].
+pub fn parse_redis_url(s: &str) -> Result<Secret, String> {
+    use redis::IntoConnectionInfo;
+    s.into_connection_info()
+        .map_err(|_| "not a Redis URL (redis://host:port/ or redis://user:password@host:port/0)")?;
+    Ok(Secret::new(s))
+}
+
 /// Parses `250ms`, `2s`, `1m`, or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -49,24 +70,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
     }
+    .and_then(|d| {
+        // Every duration here is a timeout, a period or a lifetime: zero is never meant.
+        if d.is_zero() {
+            Err(format!("invalid duration {s:?}: must be more than zero"))
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 /// How to reach PostgreSQL and how long to wait for it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DbConfig {
     /// PostgreSQL connection URL.
-    #[arg(long = "database-url", env = "DATABASE_URL")]
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
     pub url: Secret,
     /// Read replicas (e.g. CloudNativePG's `-ro` service). Reads that miss the cache go there
     /// when the cache knows the replica has replayed every write to the product; otherwise, and
     /// without a cache, to the primary.
-    #[arg(long = "database-read-url", env = "DATABASE_READ_URL")]
+    #[arg(long = "database-read-url", env = "DATABASE_READ_URL", hide_env_values = true, value_parser = parse_database_url)]
     pub read_url: Option<Secret>,
     /// Most connections the pool opens.
+    // Explicit ids: flattened beside `CacheArgs`, two fields named `pool_size` would otherwise
+    // share one argument id and `serve` would refuse to start.
     #[arg(
+        id = "db_pool_size",
         long = "db-pool-size",
         env = "REVIEWS_DB_POOL_SIZE",
-        default_value_t = 8
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
     )]
     pub pool_size: u32,
     /// How long a request waits for a pooled connection before failing UNAVAILABLE.
@@ -108,16 +141,18 @@ pub struct ServeConfig {
 #[derive(clap::Args, Debug, Clone)]
 pub struct CacheArgs {
     /// Redis URL, e.g. redis://127.0.0.1:6379/. Unset: no cache.
-    #[arg(long = "redis-url", env = "REDIS_URL")]
+    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis_url: Option<Secret>,
     /// How long a cached entry lives.
     #[arg(long = "cache-ttl", env = "REVIEWS_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub ttl: Duration,
     /// Most Redis connections.
     #[arg(
+        id = "redis_pool_size",
         long = "redis-pool-size",
         env = "REVIEWS_REDIS_POOL_SIZE",
-        default_value_t = 8
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
     )]
     pub pool_size: u32,
     /// Prefix of every cache key (to share one Redis between environments).
@@ -128,7 +163,7 @@ pub struct CacheArgs {
     )]
     pub prefix: String,
     /// Deadline of one Redis call; past it the request goes to PostgreSQL.
-    #[arg(long = "redis-timeout", env = "REVIEWS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(id = "redis_timeout", long = "redis-timeout", env = "REVIEWS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
@@ -192,6 +227,24 @@ mod tests {
         assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
         assert!(parse_duration("2h").is_err());
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn urls_are_checked_without_repeating_them() {
+        assert!(parse_database_url("postgres://u:pw@db:5432/reviews").is_ok());
+        assert!(parse_database_url("postgresql://u:pw@db.ns/reviews").is_ok());
+        for bad in [
+            "db:5432",
+            "postgres://u:hunter2@db:port/x",
+            "mysql://u:hunter2@db/x",
+        ] {
+            let err = parse_database_url(bad).unwrap_err();
+            assert!(!err.contains("hunter2") && !err.contains("db:"), "{err}");
+        }
+        assert!(parse_redis_url("redis://redis:6379/").is_ok());
+        let err = parse_redis_url("http://u:hunter2@redis:6379/").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

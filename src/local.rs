@@ -89,6 +89,19 @@ impl LocalPostgres {
         })
     }
 
+    /// Also listens on `addr` (besides loopback) and trusts connections from `client` there: for
+    /// a client in a network namespace of its own, as a pod is. Call before `start`.
+    pub fn listen_also(&mut self, addr: Ipv4Addr, client: Ipv4Addr) -> anyhow::Result<()> {
+        use std::io::Write;
+        // A later `-c` wins over the loopback-only default set in `start`.
+        self.settings
+            .push(format!("listen_addresses=127.0.0.1,{addr}"));
+        let hba = self.root.join("data/pg_hba.conf");
+        let mut file = fs::OpenOptions::new().append(true).open(&hba)?;
+        writeln!(file, "host all all {client}/32 trust")?;
+        Ok(())
+    }
+
     /// Starts the server on a free port and waits until it accepts connections.
     pub fn start(&mut self) -> anyhow::Result<()> {
         if self.port == 0 {
@@ -191,17 +204,25 @@ pub struct LocalRedis {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// Addresses it listens on besides loopback.
+    also: Option<Ipv4Addr>,
     child: Option<Child>,
 }
 
 impl LocalRedis {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on(dir, None)
+    }
+
+    /// Like `start`, listening on `also` besides loopback.
+    pub fn start_on(dir: &Path, also: Option<Ipv4Addr>) -> anyhow::Result<Self> {
         let bin = which("redis-server").context(REDIS_HINT)?;
         fs::create_dir_all(dir)?;
         let mut redis = Self {
             bin,
             dir: dir.to_path_buf(),
             port: free_port()?,
+            also,
             child: None,
         };
         redis.restart()?;
@@ -212,6 +233,9 @@ impl LocalRedis {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        if let Some(addr) = self.also {
+            cmd.arg(addr.to_string());
+        }
         cmd.args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
         cmd.arg("--dir").arg(&self.dir);
         cmd.stdout(Stdio::null())
@@ -252,6 +276,10 @@ impl LocalRedis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 

@@ -1,8 +1,6 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = reviews::cli::Cli::parse();
+    let cli = reviews::cli::Cli::parse_or_exit();
     reviews::telemetry::init();
     reviews::cli::run(cli).await
 }

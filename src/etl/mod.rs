@@ -352,6 +352,7 @@ async fn copy_file<T: CopyRow>(
     }
 
     let mut writer = None;
+    tracing::info!(file = spec.file, mib = size / (1024 * 1024), "reading file");
     let mut progress = Progress::new(spec.file, size);
     let mut report = FileReport {
         file: spec.file,

@@ -3,6 +3,8 @@
 //! test clones its own database from a template and starts the real server on port 0.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod sandbox;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, OnceLock};
