@@ -262,6 +262,7 @@ pub struct Proc {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
 
@@ -273,14 +274,15 @@ impl Proc {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"));
-        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+        let mut readers = Vec::new();
+        let mut collect = |pipe: Box<dyn std::io::Read + Send>| {
             let lines = Arc::new(Mutex::new(Vec::new()));
             let sink = lines.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     sink.lock().unwrap().push(line);
                 }
-            });
+            }));
             lines
         };
         let stdout = collect(Box::new(child.stdout.take().unwrap()));
@@ -289,6 +291,7 @@ impl Proc {
             child,
             stdout,
             stderr,
+            readers,
             status: None,
         }
     }
@@ -336,9 +339,17 @@ impl Proc {
         }
     }
 
+    /// The exit status once the process has exited; by then its output is all collected (up
+    /// to a second, in case a process it started still holds the pipes).
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self.child.try_wait().unwrap();
+            if self.status.is_some() {
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         }
         self.status
     }
@@ -352,8 +363,6 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.try_status() {
-                // Let the reader threads take the last lines.
-                tokio::time::sleep(Duration::from_millis(50)).await;
                 return Some(status);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
