@@ -157,6 +157,17 @@ struct Tally {
 }
 
 impl Tally {
+    fn assert_none_failed(&self) {
+        let gets = self.failed_gets.lock().unwrap();
+        let grpc = self.failed_grpc.lock().unwrap();
+        let writes = self.writes.lock().unwrap();
+        let failed_writes: Vec<_> = writes.iter().filter(|w| w.1.is_err()).collect();
+        assert!(
+            gets.is_empty() && grpc.is_empty() && failed_writes.is_empty(),
+            "GET {gets:?}, gRPC {grpc:?}, writes {failed_writes:?}"
+        );
+    }
+
     fn failed(&self) -> usize {
         self.failed_gets.lock().unwrap().len()
             + self.failed_grpc.lock().unwrap().len()
@@ -443,13 +454,7 @@ async fn a_rolling_restart_under_load_fails_nothing(cluster: &Cluster) {
         &tally,
         &format!(", restart took {:.1} s", took.as_secs_f64()),
     );
-    assert_eq!(
-        tally.failed(),
-        0,
-        "{:?} {:?}",
-        tally.failed_gets.lock().unwrap(),
-        tally.failed_grpc.lock().unwrap()
-    );
+    tally.assert_none_failed();
     writes_applied_at_most_once(cluster, "restart", &tally).await;
 }
 
@@ -465,13 +470,7 @@ async fn scaling_1_3_1_under_load_fails_nothing(cluster: &Cluster) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let tally = load.stop().await;
     report("scale 1 -> 3 -> 1", &tally, "");
-    assert_eq!(
-        tally.failed(),
-        0,
-        "{:?} {:?}",
-        tally.failed_gets.lock().unwrap(),
-        tally.failed_grpc.lock().unwrap()
-    );
+    tally.assert_none_failed();
     writes_applied_at_most_once(cluster, "scale", &tally).await;
     cluster.run(&["scale", "3"]).await;
 }
@@ -573,7 +572,7 @@ async fn a_postgres_restart_fails_fast_and_every_replica_recovers_within_5_s(clu
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = after.stop().await;
     report("after PostgreSQL is back", &after, "");
-    assert_eq!(after.failed(), 0, "failures only during the outage");
+    after.assert_none_failed();
 }
 
 #[tokio::test(flavor = "multi_thread")]
