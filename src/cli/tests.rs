@@ -1,0 +1,221 @@
+//! Parsing every subcommand, as flags and as the environment, and the usage errors.
+
+use std::ffi::OsString;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::CommandFactory;
+
+use super::*;
+
+/// Tests that set environment variables take turns: clap reads the process's environment.
+static ENV: Mutex<()> = Mutex::new(());
+
+const SETTINGS: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_READ_URL",
+    "REDIS_URL",
+    "REVIEWS_LISTEN",
+    "REVIEWS_DB_POOL_SIZE",
+    "REVIEWS_DB_CONNECT_TIMEOUT",
+    "REVIEWS_DB_TIMEOUT",
+    "REVIEWS_CACHE_TTL",
+    "REVIEWS_REDIS_POOL_SIZE",
+    "REVIEWS_CACHE_PREFIX",
+    "REVIEWS_REDIS_TIMEOUT",
+    "REVIEWS_HEALTH_INTERVAL",
+    "REVIEWS_CORS_ORIGINS",
+    "REVIEWS_MAX_CONNECTION_AGE",
+    "REVIEWS_MAX_BODY_BYTES",
+    "REVIEWS_REJECTS",
+    "REVIEWS_DEV_DATA",
+];
+
+/// Parses `args` with exactly the settings in `env` set (and every other one unset).
+fn parse_with(env: &[(&str, &str)], args: &[&str]) -> Result<Cli, clap::Error> {
+    let _turn = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    for name in SETTINGS {
+        std::env::remove_var(name);
+    }
+    for (name, value) in env {
+        std::env::set_var(name, value);
+    }
+    let parsed = Cli::try_parse_from(std::iter::once("reviews").chain(args.iter().copied()));
+    for (name, _) in env {
+        std::env::remove_var(name);
+    }
+    parsed
+}
+
+fn serve_config(cli: Cli) -> ServeConfig {
+    match cli.command {
+        Command::Serve(cfg) => cfg,
+        other => panic!("parsed as {other:?}"),
+    }
+}
+
+#[test]
+fn the_command_line_is_well_formed() {
+    // Panics on clashing argument ids, as two flattened `pool_size` fields once did.
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn every_subcommand_parses_from_flags_only() {
+    let serve = serve_config(
+        parse_with(
+            &[],
+            &[
+                "serve",
+                "--listen=0.0.0.0:6000",
+                "--database-url=postgres://u@db/reviews",
+                "--database-read-url=postgres://u@db-ro/reviews",
+                "--db-pool-size=3",
+                "--db-connect-timeout=1s",
+                "--db-timeout=4s",
+                "--redis-url=redis://cache:6379/",
+                "--redis-pool-size=5",
+                "--redis-timeout=50ms",
+                "--cache-ttl=30s",
+                "--cache-prefix=t",
+                "--health-interval=1s",
+                "--cors-origins=https://a.example,https://b.example",
+                "--max-connection-age=5m",
+                "--max-body-bytes=1000",
+            ],
+        )
+        .unwrap(),
+    );
+    assert_eq!(serve.listen.to_string(), "0.0.0.0:6000");
+    assert_eq!(serve.db.pool_size, 3);
+    assert_eq!(serve.cache.pool_size, 5);
+    assert_eq!(serve.db.query_timeout, Duration::from_secs(4));
+    assert_eq!(serve.cache.timeout, Duration::from_millis(50));
+    assert_eq!(serve.server.cors_origins.len(), 2);
+    let cache = serve.cache.config().unwrap();
+    assert_eq!((cache.pool_size, cache.prefix.as_str()), (5, "t"));
+
+    for args in [
+        &["migrate", "--database-url", "postgres://u@db/reviews"][..],
+        &[
+            "load",
+            "data",
+            "--database-url",
+            "postgres://u@db/r",
+            "--rejects",
+            "x",
+        ],
+        &[
+            "load",
+            "data",
+            "--database-url",
+            "postgres://u@db/r",
+            "--redis-url",
+            "redis://c/",
+        ],
+        &[
+            "gen-data",
+            "--out",
+            "x",
+            "--products",
+            "10",
+            "--seed",
+            "2",
+            "--dirty-rate",
+            "0.1",
+        ],
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            "d",
+            "--no-cache",
+            "--cache-ttl",
+            "5s",
+        ],
+    ] {
+        parse_with(&[], args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+}
+
+#[test]
+fn every_subcommand_parses_from_the_environment_only() {
+    let env = [
+        ("DATABASE_URL", "postgres://u:pw@db:5432/reviews"),
+        ("DATABASE_READ_URL", "postgres://u:pw@db-ro:5432/reviews"),
+        ("REDIS_URL", "redis://redis:6379/"),
+        ("REVIEWS_LISTEN", "0.0.0.0:50051"),
+        ("REVIEWS_DB_POOL_SIZE", "8"),
+        ("REVIEWS_REDIS_POOL_SIZE", "4"),
+        ("REVIEWS_DB_TIMEOUT", "5s"),
+        ("REVIEWS_CACHE_TTL", "60s"),
+        ("REVIEWS_REDIS_TIMEOUT", "100ms"),
+        ("REVIEWS_CORS_ORIGINS", "*"),
+        ("REVIEWS_MAX_CONNECTION_AGE", "5m"),
+        ("REVIEWS_REJECTS", "/tmp/rejects"),
+    ];
+    let serve = serve_config(parse_with(&env, &["serve"]).unwrap());
+    assert_eq!((serve.db.pool_size, serve.cache.pool_size), (8, 4));
+    assert_eq!(
+        serve.server.max_connection_age,
+        Some(Duration::from_secs(300))
+    );
+    assert!(serve.db.read_url.is_some() && serve.cache.redis_url.is_some());
+    for args in [
+        &["migrate"][..],
+        &["load", "data"],
+        &["gen-data", "--out", "x"],
+        &["dev"],
+    ] {
+        parse_with(&env, args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+}
+
+#[test]
+fn a_bad_value_names_the_variable_it_came_from_in_one_line() {
+    let env = [
+        ("DATABASE_URL", "postgres://u@db/r"),
+        ("REVIEWS_CACHE_TTL", "soon"),
+    ];
+    let err = parse_with(&env, &["serve"]).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let args: Vec<OsString> = vec!["reviews".into(), "serve".into()];
+    assert_eq!(
+        bad_value_message(&err, &args).unwrap(),
+        "error: invalid value 'soon' for REVIEWS_CACHE_TTL (--cache-ttl): \
+         invalid duration \"soon\": expected e.g. 500ms, 2s or 1m"
+    );
+
+    let args = [
+        "serve",
+        "--database-url",
+        "postgres://u@db/r",
+        "--db-pool-size",
+        "0",
+    ];
+    let err = parse_with(&[], &args).unwrap_err();
+    let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+    assert_eq!(
+        bad_value_message(&err, &argv).unwrap(),
+        "error: invalid value '0' for --db-pool-size: 0 is not in 1..=10000"
+    );
+}
+
+#[test]
+fn a_bad_secret_is_named_but_never_shown() {
+    let env = [("DATABASE_URL", "postgres://u:hunter2@db:port/r")];
+    let err = parse_with(&env, &["migrate"]).unwrap_err();
+    let line = bad_value_message(&err, &["reviews".into(), "migrate".into()]).unwrap();
+    assert!(line.starts_with("error: invalid value for DATABASE_URL (--database-url): "));
+    assert!(!line.contains("hunter2"), "{line}");
+}
+
+#[test]
+fn a_missing_setting_names_its_flag_and_variable() {
+    let err = parse_with(&[], &["serve"]).unwrap_err();
+    assert_eq!(
+        bad_value_message(&err, &["reviews".into(), "serve".into()]).unwrap(),
+        "error: missing --database-url (or DATABASE_URL)"
+    );
+}
