@@ -18,7 +18,7 @@ fn reviews(args: &[&str]) -> Command {
 
 /// A new database with nothing in it, not even the migrations.
 async fn empty_database() -> String {
-    let name = format!("cli_{}_{}", std::process::id(), rand_suffix());
+    let name = format!("cli_{}_{}", std::process::id(), next_id());
     let cluster = cluster();
     reviews::local::create_database(&cluster.url("postgres"), &name, None)
         .await
@@ -26,7 +26,7 @@ async fn empty_database() -> String {
     cluster.url(&name)
 }
 
-fn rand_suffix() -> u32 {
+fn next_id() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -116,7 +116,7 @@ fn generated_counts(line: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gen_data_writes_a_set_that_load_loads_with_progress_and_a_summary() {
-    let dir = scratch_dir(&format!("gen-{}", rand_suffix()));
+    let dir = scratch_dir(&format!("gen-{}", next_id()));
     let data = dir.join("data");
     let out = data.to_str().unwrap();
     let mut gen = Proc::spawn(&mut reviews(&[
@@ -327,7 +327,7 @@ async fn dev_comes_up_answers_and_on_ctrl_c_stops_everything_and_cleans_up() {
         return;
     }
     let netns = Netns::new(false);
-    let tmp = scratch_dir(&format!("dev-{}", rand_suffix()));
+    let tmp = scratch_dir(&format!("dev-{}", next_id()));
     let mut cmd = reviews(&["dev"]);
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("TMPDIR", &tmp)

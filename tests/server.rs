@@ -325,6 +325,21 @@ async fn old_connections_are_rotated_without_failing_a_call() {
     assert!(n >= 3, "{calls} calls over 3 s used {n} connections");
 }
 
+/// Whether the client gave up on a call before writing it: its connection was closing (after the
+/// server's GOAWAY) when the call was queued on it. Such a call reached no server.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Under continuous load, shutting down completes every call the server took: a call either
 /// succeeds or is refused unprocessed (UNAVAILABLE, safe to retry on another replica).
 #[tokio::test(flavor = "multi_thread")]
@@ -369,7 +384,10 @@ async fn a_drain_under_load_loses_no_accepted_call() {
                     ok += 1;
                 }
                 Err(e) => {
-                    assert_eq!(e.code(), Code::Unavailable, "only clean refusals: {e:?}");
+                    assert!(
+                        e.code() == Code::Unavailable || never_sent(&e),
+                        "only clean refusals: {e:?}"
+                    );
                     refused_before += usize::from(started < shutdown_at);
                 }
             }
