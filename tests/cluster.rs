@@ -41,17 +41,7 @@ impl Ctl {
 
     /// Runs a subcommand to its end and returns what it printed on stdout.
     fn script(&self, args: &[&str]) -> String {
-        let out = self
-            .command(args)
-            .output()
-            .expect("could not run scripts/cluster");
-        assert!(
-            out.status.success(),
-            "scripts/cluster {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        sandbox::run_ok(&mut self.command(args))
     }
 }
 
@@ -181,6 +171,14 @@ impl Tally {
     }
 }
 
+/// An HTTP/1.1 client whose every request ends within 10 s, answered or not.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 const GET_TASKS: u64 = 4;
 const WRITE_TASKS: u64 = 2;
 
@@ -198,10 +196,7 @@ fn start_load(lb: SocketAddr, tag: &'static str) -> Load {
     for t in 0..GET_TASKS {
         let (tally, stop) = (tally.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
+            let http = client();
             let mut n = t;
             while !stop.load(Ordering::Relaxed) {
                 n += 7;
@@ -258,10 +253,7 @@ fn start_load(lb: SocketAddr, tag: &'static str) -> Load {
     for t in 0..WRITE_TASKS {
         let (tally, stop) = (tally.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
+            let http = client();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;

@@ -33,17 +33,21 @@ pub fn skip_without_root(test: &str) -> bool {
     true
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
+/// Runs `cmd` to its end; fails the test, with its stderr, unless it succeeds. Returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
         .output()
-        .expect("could not run ip");
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new("ip").args(args));
 }
 
 /// A network namespace of this test's own, with loopback up and, on request, a veth pair whose

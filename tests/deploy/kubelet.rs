@@ -97,8 +97,23 @@ pub fn confinement<'a>(start: &Start, netns: &'a Netns) -> Confinement<'a> {
     }
 }
 
+/// The process cannot write its working directory, nor anything at all on a read-only root.
+pub async fn assert_confined(start: &Start, netns: &Netns) {
+    let writable = writable_places(start, netns).await;
+    assert!(
+        !writable.contains(&start.workdir),
+        "it can write {writable:?}"
+    );
+    if start.read_only_root {
+        assert!(
+            writable.is_empty(),
+            "read-only root, yet it can write {writable:?}"
+        );
+    }
+}
+
 /// What the confined process could write: checked by a shell run under the same confinement.
-pub async fn writable_places(start: &Start, netns: &Netns) -> Vec<String> {
+async fn writable_places(start: &Start, netns: &Netns) -> Vec<String> {
     let mut cmd = Command::new("/bin/sh");
     cmd.args([
         "-c",

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use image::{dockerfile_image, set};
 use kubelet::{
-    installed_binary, launch, pod_start, probe_until_success, seconds, writable_places, Start,
+    assert_confined, installed_binary, launch, pod_start, probe_until_success, seconds, Start,
 };
 use manifests::{find, map_hosts, operator_objects, render, Backends};
 
@@ -174,14 +174,7 @@ async fn deploys_as_rendered(overlay: &str) {
             .await
             .unwrap();
     }
-    let writable = writable_places(&migrate, &netns).await;
-    assert!(!writable.contains(&migrate.workdir), "{writable:?}");
-    if migrate.read_only_root {
-        assert!(
-            writable.is_empty(),
-            "read-only root filesystem: {writable:?}"
-        );
-    }
+    assert_confined(&migrate, &netns).await;
     let mut run = launch(&migrate, &image, &netns, &bin);
     assert_eq!(
         run.finish(Duration::from_secs(120)).await,
@@ -213,14 +206,7 @@ async fn deploys_as_rendered(overlay: &str) {
         "every URL reaches a test server: {:?}",
         serve.env.iter().map(|(k, _)| k).collect::<Vec<_>>()
     );
-    let writable = writable_places(&serve, &netns).await;
-    assert!(!writable.contains(&serve.workdir), "{writable:?}");
-    if serve.read_only_root {
-        assert!(
-            writable.is_empty(),
-            "read-only root filesystem: {writable:?}"
-        );
-    }
+    assert_confined(&serve, &netns).await;
     let mut server = launch(&serve, &image, &netns, &bin);
     for kind in ["startupProbe", "readinessProbe", "livenessProbe"] {
         probe_until_success(kind, container, netns.inside, &mut server).await;
@@ -302,11 +288,7 @@ async fn the_image_migrates_serves_on_its_exposed_port_and_stops_on_sigterm() {
         workdir: image.workdir.clone(),
     };
     let migrate = start([image.entrypoint.clone(), vec!["migrate".into()]].concat());
-    let writable = writable_places(&migrate, &netns).await;
-    assert!(
-        !writable.contains(&image.workdir),
-        "the image's user can write its working directory"
-    );
+    assert_confined(&migrate, &netns).await;
     let mut run = launch(&migrate, &image, &netns, &bin);
     assert_eq!(
         run.finish(Duration::from_secs(120)).await,
