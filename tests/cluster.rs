@@ -488,23 +488,21 @@ async fn a_postgres_restart_fails_fast_and_every_replica_recovers_within_5_s(clu
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.run(&["db", "start"]).await;
     let back = Instant::now();
-    let replicas = cluster.replicas();
-    let http = reqwest::Client::new();
+    // Ready as the replicas say (`/readyz`) and as HAProxy sees them (routed again): `status`.
     wait_until(
-        "every replica ready again",
+        "every replica ready and routed again",
         Duration::from_secs(5),
         || async {
-            for addr in &replicas {
-                let ok = http
-                    .get(format!("http://{addr}/readyz"))
-                    .send()
-                    .await
-                    .map(|r| r.status() == 200);
-                if !matches!(ok, Ok(true)) {
-                    return false;
-                }
-            }
-            true
+            let ctl = cluster.ctl.clone();
+            let status = tokio::task::spawn_blocking(move || ctl.script(&["status"]))
+                .await
+                .unwrap();
+            let status: Value = serde_json::from_str(&status).unwrap();
+            status["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["ready"] == true)
         },
     )
     .await;
@@ -554,7 +552,7 @@ async fn a_postgres_restart_fails_fast_and_every_replica_recovers_within_5_s(clu
         "PostgreSQL primary stopped for 3 s",
         &during,
         &format!(
-            ", slowest failure {:.2} s, every replica ready {:.2} s after PostgreSQL",
+            ", slowest failure {:.2} s, every replica ready and routed {:.2} s after PostgreSQL",
             slowest.as_secs_f64(),
             recovered.as_secs_f64()
         ),
