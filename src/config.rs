@@ -1,8 +1,8 @@
-//! Typed configuration. Defaults live here; every setting can be given as a command-line flag or
-//! through the environment variable named beside it.
+//! What the settings of every module share: secrets that stay out of logs, durations with units,
+//! and the checks of URLs. Each module owns its own settings (a `clap::Args` type with its
+//! defaults), and the command line flattens them.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -55,6 +55,11 @@ pub fn parse_redis_url(s: &str) -> Result<Secret, String> {
     Ok(Secret::new(s))
 }
 
+/// A default written as text (as the command line shows it), as a `Duration`.
+pub fn default_duration(text: &str) -> Duration {
+    parse_duration(text).expect("a valid default duration")
+}
+
 /// Parses `250ms`, `2s`, `1m`, or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -78,141 +83,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             Ok(d)
         }
     })
-}
-
-/// How to reach PostgreSQL and how long to wait for it.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DbConfig {
-    /// PostgreSQL connection URL.
-    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
-    pub url: Secret,
-    /// Read replicas (e.g. CloudNativePG's `-ro` service). Reads that miss the cache go there
-    /// when the cache knows the replica has replayed every write to the product; otherwise, and
-    /// without a cache, to the primary.
-    #[arg(long = "database-read-url", env = "DATABASE_READ_URL", hide_env_values = true, value_parser = parse_database_url)]
-    pub read_url: Option<Secret>,
-    /// Most connections the pool opens.
-    // Explicit ids: flattened beside `CacheArgs`, two fields named `pool_size` would otherwise
-    // share one argument id and `serve` would refuse to start.
-    #[arg(
-        id = "db_pool_size",
-        long = "db-pool-size",
-        env = "REVIEWS_DB_POOL_SIZE",
-        default_value_t = 8,
-        value_parser = clap::value_parser!(u32).range(1..=10_000)
-    )]
-    pub pool_size: u32,
-    /// How long a request waits for a pooled connection before failing UNAVAILABLE.
-    #[arg(long = "db-connect-timeout", env = "REVIEWS_DB_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    /// Deadline for one operation on the database, connection included.
-    #[arg(long = "db-timeout", env = "REVIEWS_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub query_timeout: Duration,
-}
-
-impl DbConfig {
-    /// The defaults, for a given database.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: Secret::new(url),
-            read_url: None,
-            pool_size: 8,
-            connect_timeout: Duration::from_secs(2),
-            query_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Settings of `reviews serve`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ServeConfig {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "REVIEWS_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-    #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub db: DbConfig,
-    #[command(flatten)]
-    pub cache: CacheArgs,
-}
-
-/// The Redis cache; without `REDIS_URL` the service runs uncached.
-#[derive(clap::Args, Debug, Clone)]
-pub struct CacheArgs {
-    /// Redis URL, e.g. redis://127.0.0.1:6379/. Unset: no cache.
-    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
-    pub redis_url: Option<Secret>,
-    /// How long a cached entry lives.
-    #[arg(long = "cache-ttl", env = "REVIEWS_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
-    pub ttl: Duration,
-    /// Most Redis connections.
-    #[arg(
-        id = "redis_pool_size",
-        long = "redis-pool-size",
-        env = "REVIEWS_REDIS_POOL_SIZE",
-        default_value_t = 8,
-        value_parser = clap::value_parser!(u32).range(1..=10_000)
-    )]
-    pub pool_size: u32,
-    /// Prefix of every cache key (to share one Redis between environments).
-    #[arg(
-        long = "cache-prefix",
-        env = "REVIEWS_CACHE_PREFIX",
-        default_value = "rv"
-    )]
-    pub prefix: String,
-    /// Deadline of one Redis call; past it the request goes to PostgreSQL.
-    #[arg(id = "redis_timeout", long = "redis-timeout", env = "REVIEWS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
-    pub timeout: Duration,
-}
-
-impl CacheArgs {
-    pub fn config(&self) -> Option<crate::cache::CacheConfig> {
-        let url = self.redis_url.as_ref()?;
-        let mut cfg = crate::cache::CacheConfig::new(url.expose());
-        cfg.ttl = self.ttl;
-        cfg.prefix = self.prefix.clone();
-        cfg.pool_size = self.pool_size;
-        cfg.timeout = self.timeout;
-        Some(cfg)
-    }
-}
-
-/// Settings of the server around the service.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ServerArgs {
-    /// How often readiness re-checks the database.
-    #[arg(long = "health-interval", env = "REVIEWS_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
-    pub health_interval: Duration,
-    /// Origins allowed to call from browsers (comma-separated), or `*` for any.
-    #[arg(
-        long = "cors-origins",
-        env = "REVIEWS_CORS_ORIGINS",
-        default_value = "*",
-        value_delimiter = ','
-    )]
-    pub cors_origins: Vec<String>,
-    /// Close client connections (with a GOAWAY, so clients reconnect without failing calls)
-    /// once they are this old, so long-lived gRPC connections spread over new replicas.
-    #[arg(long = "max-connection-age", env = "REVIEWS_MAX_CONNECTION_AGE", value_parser = parse_duration)]
-    pub max_connection_age: Option<Duration>,
-    /// Largest JSON request body, in bytes; larger ones get 413.
-    #[arg(long = "max-body-bytes", env = "REVIEWS_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
-    pub max_body_bytes: usize,
-}
-
-impl ServerArgs {
-    pub fn options(&self) -> crate::server::ServerOptions {
-        crate::server::ServerOptions {
-            health_interval: self.health_interval,
-            max_connection_age: self.max_connection_age,
-            http: crate::http::HttpConfig {
-                cors_origins: self.cors_origins.clone(),
-                max_body: self.max_body_bytes,
-            },
-        }
-    }
 }
 
 #[cfg(test)]
@@ -245,11 +115,5 @@ mod tests {
         assert!(parse_redis_url("redis://redis:6379/").is_ok());
         let err = parse_redis_url("http://u:hunter2@redis:6379/").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
-    }
-
-    #[test]
-    fn secrets_stay_out_of_debug_output() {
-        let cfg = DbConfig::new("postgres://u:hunter2@localhost/db");
-        assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 }

@@ -8,14 +8,17 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::config::{CacheArgs, DbConfig, Secret, ServeConfig, ServerArgs};
+use crate::cache::CacheArgs;
+use crate::config::Secret;
+use crate::db::DbConfig;
 use crate::local::{self, LocalPostgres, LocalRedis};
+use crate::server::{ServeConfig, ServerArgs, DEFAULT_LISTEN};
 use crate::{cli, db, etl};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevConfig {
     /// Address to serve gRPC on.
-    #[arg(long, env = "REVIEWS_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "REVIEWS_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub server: ServerArgs,

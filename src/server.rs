@@ -2,6 +2,7 @@
 //! listener, health (readiness follows the database), reflection, and graceful shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use prost_reflect::DescriptorPool;
@@ -10,11 +11,67 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 
-use crate::db::Store;
+use crate::cache::CacheArgs;
+use crate::config::{default_duration, parse_duration};
+use crate::db::{DbConfig, Store};
 use crate::grpc::{ReviewsGrpc, FILE_DESCRIPTOR_SET};
 use crate::health::{self, Readiness};
 use crate::http::{self, HttpConfig, JsonEdge};
 use crate::pb::review_service_server::ReviewServiceServer;
+
+/// Where `serve` and `dev` listen unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_HEALTH_INTERVAL: &str = "2s";
+
+/// Settings of `reviews serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "REVIEWS_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Settings of the server around the service.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// How often readiness re-checks the database.
+    #[arg(long = "health-interval", env = "REVIEWS_HEALTH_INTERVAL", default_value = DEFAULT_HEALTH_INTERVAL, value_parser = parse_duration)]
+    pub health_interval: Duration,
+    /// Origins allowed to call from browsers (comma-separated), or `*` for any.
+    #[arg(
+        long = "cors-origins",
+        env = "REVIEWS_CORS_ORIGINS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Close client connections (with a GOAWAY, so clients reconnect without failing calls)
+    /// once they are this old, so long-lived gRPC connections spread over new replicas.
+    #[arg(long = "max-connection-age", env = "REVIEWS_MAX_CONNECTION_AGE", value_parser = parse_duration)]
+    pub max_connection_age: Option<Duration>,
+    /// Largest JSON request body, in bytes; larger ones get 413.
+    #[arg(long = "max-body-bytes", env = "REVIEWS_MAX_BODY_BYTES", default_value_t = http::DEFAULT_MAX_BODY)]
+    pub max_body_bytes: usize,
+}
+
+impl ServerArgs {
+    pub fn options(&self) -> ServerOptions {
+        ServerOptions {
+            health_interval: self.health_interval,
+            max_connection_age: self.max_connection_age,
+            http: HttpConfig {
+                cors_origins: self.cors_origins.clone(),
+                max_body: self.max_body_bytes,
+            },
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -29,7 +86,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
-            health_interval: Duration::from_secs(2),
+            health_interval: default_duration(DEFAULT_HEALTH_INTERVAL),
             max_connection_age: None,
             http: HttpConfig::default(),
         }

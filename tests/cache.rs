@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{cluster, eventually, fresh_db, Setup, TestServer, SAMPLE_TEMPLATE};
 use futures_util::FutureExt;
 use reviews::cache::Hooks;
-use reviews::config::DbConfig;
+use reviews::db::DbConfig;
 use reviews::local::LocalRedis;
 use reviews::pb::{self, ListReviewsRequest, Sort};
 use tokio::sync::Notify;

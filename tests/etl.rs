@@ -355,7 +355,7 @@ async fn a_killed_load_leaves_the_old_data_serving_and_a_rerun_swaps_in_the_new(
     let db_url = fresh_db(common::SAMPLE_TEMPLATE).await;
     let redis = &common::cluster().redis_url;
     let s = TestServer::launch(
-        common::Setup::new(reviews::config::DbConfig::new(&db_url)).cached(redis, &db_url),
+        common::Setup::new(reviews::db::DbConfig::new(&db_url)).cached(redis, &db_url),
     )
     .await;
     let meta = |s: &TestServer| {

@@ -347,7 +347,7 @@ async fn bad_http_is_a_clear_error_never_a_500_and_never_a_write() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_database_is_503_and_not_ready() {
     // Nothing listens on port 1.
-    let mut db = reviews::config::DbConfig::new("postgres://reviews@127.0.0.1:1/reviews");
+    let mut db = reviews::db::DbConfig::new("postgres://reviews@127.0.0.1:1/reviews");
     db.connect_timeout = Duration::from_millis(300);
     let s = TestServer::start_with(db).await;
     let started = std::time::Instant::now();
@@ -473,7 +473,7 @@ async fn grpc_web_binary_and_text_work_over_http1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cors_lets_configured_origins_read_grpc_errors() {
-    let mut db = reviews::config::DbConfig::new(common::fresh_db(common::SAMPLE_TEMPLATE).await);
+    let mut db = reviews::db::DbConfig::new(common::fresh_db(common::SAMPLE_TEMPLATE).await);
     db.connect_timeout = Duration::from_secs(2);
     let options = reviews::server::ServerOptions {
         http: reviews::http::HttpConfig {

@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{cluster, eventually, fresh_db, Setup, TestServer, SAMPLE_TEMPLATE};
-use reviews::config::{DbConfig, Secret};
+use reviews::config::Secret;
+use reviews::db::DbConfig;
 use reviews::local::LocalPostgres;
 use reviews::pb;
 

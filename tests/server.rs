@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{eventually, TestServer};
-use reviews::config::DbConfig;
+use reviews::db::DbConfig;
 use reviews::local::{self, LocalPostgres};
 use reviews::pb::{self, ListReviewsRequest};
 use tonic::Code;

@@ -22,6 +22,7 @@
 
 mod breaker;
 mod codec;
+mod config;
 mod flight;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,10 +34,10 @@ use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 
 pub use codec::Cacheable;
+pub use config::{CacheArgs, CacheConfig, DEFAULT_PREFIX};
 
 use self::breaker::Breaker;
 use self::flight::Flights;
-use crate::config::Secret;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::reviews::{PageRequest, ProductId, Sort};
@@ -65,33 +66,6 @@ if lsn > 0 then
 end
 return 1
 ";
-
-#[derive(Debug, Clone)]
-pub struct CacheConfig {
-    pub url: Secret,
-    /// Prefix of every key, so environments (or tests) can share one Redis.
-    pub prefix: String,
-    pub ttl: Duration,
-    pub pool_size: u32,
-    /// Deadline of one Redis call, connection included.
-    pub timeout: Duration,
-    pub breaker_threshold: u32,
-    pub breaker_cooldown: Duration,
-}
-
-impl CacheConfig {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: Secret::new(url),
-            prefix: "rv".into(),
-            ttl: Duration::from_secs(60),
-            pool_size: 8,
-            timeout: Duration::from_millis(100),
-            breaker_threshold: 3,
-            breaker_cooldown: Duration::from_secs(2),
-        }
-    }
-}
 
 /// What is cached: a list page (after clamping) or a product's meta.
 #[derive(Debug, Clone, Copy)]

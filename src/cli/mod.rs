@@ -7,8 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::cache::{Cache, CacheConfig, Hooks};
-use crate::config::{parse_database_url, parse_redis_url, DbConfig, Secret, ServeConfig};
+use crate::config::{parse_database_url, parse_redis_url, Secret};
+use crate::db::DbConfig;
 use crate::metrics::Metrics;
+use crate::server::ServeConfig;
 use crate::{db, dev, etl, server};
 
 mod usage;
@@ -46,7 +48,7 @@ enum Command {
         #[arg(
             long = "cache-prefix",
             env = "REVIEWS_CACHE_PREFIX",
-            default_value = "rv"
+            default_value = crate::cache::DEFAULT_PREFIX
         )]
         cache_prefix: String,
     },

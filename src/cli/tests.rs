@@ -219,3 +219,42 @@ fn a_missing_setting_names_its_flag_and_variable() {
         "error: missing --database-url (or DATABASE_URL)"
     );
 }
+
+#[test]
+fn the_command_lines_defaults_are_the_defaults_in_code() {
+    let args = [
+        "serve",
+        "--database-url",
+        "postgres://u@db/r",
+        "--redis-url",
+        "redis://c/",
+    ];
+    let serve = serve_config(parse_with(&[], &args).unwrap());
+    let db = DbConfig::new("postgres://u@db/r");
+    assert_eq!(
+        (
+            serve.db.pool_size,
+            serve.db.connect_timeout,
+            serve.db.query_timeout
+        ),
+        (db.pool_size, db.connect_timeout, db.query_timeout)
+    );
+    let (parsed, code) = (
+        serve.cache.config().unwrap(),
+        CacheConfig::new("redis://c/"),
+    );
+    assert_eq!(
+        (&parsed.prefix, parsed.ttl, parsed.pool_size, parsed.timeout),
+        (&code.prefix, code.ttl, code.pool_size, code.timeout)
+    );
+    let options = crate::server::ServerOptions::default();
+    assert_eq!(
+        serve.server.options().health_interval,
+        options.health_interval
+    );
+    assert_eq!(serve.server.options().http.max_body, options.http.max_body);
+    assert_eq!(
+        serve.server.options().http.cors_origins,
+        options.http.cors_origins
+    );
+}

@@ -2,6 +2,7 @@
 //! service's core operations. Every query lives below this module.
 
 mod cached;
+mod config;
 pub mod queries;
 pub mod schema;
 mod writes;
@@ -17,10 +18,11 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
 use crate::cache::{Cache, Cacheable, Entry};
-use crate::config::DbConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::reviews::{Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort};
+
+pub use self::config::DbConfig;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

@@ -23,6 +23,9 @@ pub use transcode::JsonEdge;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 
+/// The largest JSON body accepted by default, in bytes.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+
 /// Settings of the HTTP side.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -36,7 +39,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             cors_origins: vec!["*".into()],
-            max_body: 64 * 1024,
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 }

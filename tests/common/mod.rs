@@ -11,7 +11,7 @@ use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use reviews::cache::{CacheConfig, Hooks};
-use reviews::config::DbConfig;
+use reviews::db::DbConfig;
 use reviews::local::{self, LocalPostgres, LocalRedis};
 use reviews::pb::review_service_client::ReviewServiceClient;
 use reviews::pb::{self, Sort};
