@@ -10,6 +10,14 @@ use std::time::Duration;
 use common::sandbox::{self, answers_json_grpc_and_health, served_addr, Confinement, Netns, Proc};
 use common::{cluster, fresh_db, scratch_dir, SAMPLE_TEMPLATE};
 
+/// The data set's four files, in the order `load` reads them.
+const FILES: [&str; 4] = [
+    "characteristics.csv",
+    "reviews.csv",
+    "reviews_photos.csv",
+    "characteristic_reviews.csv",
+];
+
 fn reviews(args: &[&str]) -> Command {
     let mut cmd = Command::new(sandbox::BIN);
     cmd.args(args);
@@ -30,6 +38,15 @@ fn next_id() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn count_reviews(url: &str) -> i64 {
+    let db = common::sql(url).await;
+    let row = db
+        .query_one("SELECT count(*) FROM reviews", &[])
+        .await
+        .unwrap();
+    row.get(0)
 }
 
 /// The embedded migrations, as `migrate` names them: the folder names' digits.
@@ -75,13 +92,7 @@ async fn migrate_applies_every_migration_once_and_then_nothing() {
         second.stdout(),
         ["no pending migrations: the database is up to date"]
     );
-    let db = common::sql(&url).await;
-    let reviews: i64 = db
-        .query_one("SELECT count(*) FROM reviews", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(reviews, 0);
+    assert_eq!(count_reviews(&url).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,12 +177,7 @@ async fn gen_data_writes_a_set_that_load_loads_with_progress_and_a_summary() {
 
     // Progress (stderr is no terminal here, so log lines): each file begun and read.
     let log = load.stderr();
-    for file in [
-        "characteristics.csv",
-        "reviews.csv",
-        "reviews_photos.csv",
-        "characteristic_reviews.csv",
-    ] {
+    for file in FILES {
         for event in ["reading file", "file read"] {
             assert!(
                 log.iter().any(|l| l.contains(event) && l.contains(file)),
@@ -195,14 +201,8 @@ async fn gen_data_writes_a_set_that_load_loads_with_progress_and_a_summary() {
             .map(|n| n.parse::<f64>().unwrap() as u64)
             .collect()
     };
-    let files = [
-        "characteristics.csv",
-        "reviews.csv",
-        "reviews_photos.csv",
-        "characteristic_reviews.csv",
-    ];
     let (mut loaded, mut rejected) = (0, 0);
-    for file in files {
+    for file in FILES {
         let r = row(file);
         loaded += r[0];
         rejected += r[1];
@@ -218,13 +218,7 @@ async fn gen_data_writes_a_set_that_load_loads_with_progress_and_a_summary() {
     assert!(stdout.iter().any(|l| l.starts_with("peak memory (RSS): ")));
     assert!(stdout.contains(&format!("rows set aside are in {}", rejects.display())));
 
-    let db = common::sql(&url).await;
-    let in_db: i64 = db
-        .query_one("SELECT count(*) FROM reviews", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(in_db as u64, row("reviews.csv")[0]);
+    assert_eq!(count_reviews(&url).await as u64, row("reviews.csv")[0]);
     let _ = std::fs::remove_dir_all(dir);
 }
 

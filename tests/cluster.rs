@@ -343,16 +343,8 @@ async fn a_write_through_one_replica_is_read_through_every_other_and_the_lb(clus
     let meta = |addr: SocketAddr| {
         let http = http.clone();
         async move {
-            let v = http
-                .get(format!(
-                    "http://{addr}/reviews/meta?product_id={WRITE_PRODUCT}"
-                ))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let url = format!("http://{addr}/reviews/meta?product_id={WRITE_PRODUCT}");
+            let v = sandbox::get_text(&http, &url).await;
             let v: Value = serde_json::from_str(&v).unwrap();
             v["ratings"]["5"]
                 .as_str()
@@ -373,16 +365,8 @@ async fn a_write_through_one_replica_is_read_through_every_other_and_the_lb(clus
         .unwrap();
     assert_eq!(created.status(), 201);
     for (i, addr) in replicas.iter().chain([&cluster.lb]).enumerate() {
-        let list = http
-            .get(format!(
-                "http://{addr}/reviews?product_id={WRITE_PRODUCT}&sort=newest&count=1"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let url = format!("http://{addr}/reviews?product_id={WRITE_PRODUCT}&sort=newest&count=1");
+        let list = sandbox::get_text(&http, &url).await;
         let list: Value = serde_json::from_str(&list).unwrap();
         assert_eq!(
             list["results"][0]["summary"], "read-your-write",

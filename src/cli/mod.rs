@@ -14,7 +14,6 @@ use crate::server::ServeConfig;
 use crate::{db, dev, etl, server};
 
 mod usage;
-pub use usage::bad_value_message;
 
 #[derive(Parser, Debug)]
 #[command(name = "reviews", version, about = "Ratings & Reviews service")]

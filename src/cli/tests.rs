@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
+use super::usage::bad_value_message;
 use super::*;
 
 /// Tests that set environment variables take turns: clap reads the process's environment.

@@ -24,7 +24,7 @@ impl Cli {
 
 /// For a value that failed its parser, `error: invalid value 'v' for REVIEWS_X (--x): why`; for
 /// a missing setting, the flag and the variable that can give it.
-pub fn bad_value_message(err: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+pub(super) fn bad_value_message(err: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
     let cmd = Cli::command();
     let find = |shown: &str| {
         let long = shown

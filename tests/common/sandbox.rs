@@ -449,6 +449,13 @@ where
     }
 }
 
+/// The body of a GET that must succeed.
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    let resp = http.get(url).send().await.unwrap();
+    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    resp.text().await.unwrap()
+}
+
 /// What a user of a server on the sample data checks first: it is live and ready (gRPC health
 /// and the HTTP probes), and answers product 1's meta over JSON (the legacy bytes) and gRPC.
 pub async fn answers_json_grpc_and_health(addr: std::net::SocketAddr) {
@@ -468,25 +475,14 @@ pub async fn answers_json_grpc_and_health(addr: std::net::SocketAddr) {
             .unwrap();
         assert_eq!(resp.status(), 200, "/{probe}");
     }
-    let body = http
-        .get(format!("http://{addr}/reviews/meta?product_id=1"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_text(&http, &format!("http://{addr}/reviews/meta?product_id=1")).await;
     assert_eq!(body, golden_meta_of_product_1());
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let meta = reviews::pb::review_service_client::ReviewServiceClient::new(channel)
-        .get_review_meta(reviews::pb::GetReviewMetaRequest { product_id: 1 })
-        .await
-        .unwrap()
-        .into_inner();
+    let meta =
+        reviews::pb::review_service_client::ReviewServiceClient::new(super::channel(addr).await)
+            .get_review_meta(reviews::pb::GetReviewMetaRequest { product_id: 1 })
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(meta.characteristics.len(), 4);
     assert_eq!(meta.ratings.values().sum::<i64>(), 2);
 }

@@ -33,12 +33,8 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-async fn sql(url: &str) -> tokio_postgres::Client {
-    common::sql(url).await
-}
-
 /// Calls that are in flight at SIGTERM: each waits on a table lock the test holds until after
-/// the signal. Returns their outcomes.
+/// the signal. Each must be answered, and the process must exit 0 within the grace period.
 async fn terminate_with_calls_in_flight(
     server: &mut Proc,
     pod: SocketAddr,
@@ -61,7 +57,7 @@ async fn terminate_with_calls_in_flight(
     );
     // The kubelet runs the preStop hook, then sends SIGTERM; the calls start just before.
     tokio::time::sleep(pre_stop.saturating_sub(Duration::from_secs(2))).await;
-    let mut locker = sql(db_url).await;
+    let mut locker = common::sql(db_url).await;
     let lock = locker.transaction().await.unwrap();
     lock.batch_execute(
         "LOCK TABLE reviews, product_stats, characteristics IN ACCESS EXCLUSIVE MODE",
@@ -90,7 +86,7 @@ async fn terminate_with_calls_in_flight(
             )
             .send(),
     );
-    let watcher = sql(db_url).await;
+    let watcher = common::sql(db_url).await;
     sandbox::wait_until(
         "three calls waiting on the lock",
         Duration::from_secs(3),
