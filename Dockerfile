@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The reviews service: one static-ish binary with subcommands (serve, migrate, load, gen-data).
+# The reviews service: one binary with subcommands (serve, migrate, load, gen-data).
 # Dependencies are built in their own layer (cargo-chef), so code changes rebuild in seconds.
 
 FROM rust:1.95-slim-bookworm AS chef
@@ -12,9 +12,10 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json
+RUN cargo chef cook --release --locked --no-default-features --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked --bin reviews
+# Without the default `dev` feature: the image has no `reviews dev` and no throwaway-server code.
+RUN cargo build --release --locked --no-default-features --bin reviews
 
 # distroless/cc has glibc and libgcc and nothing else; it runs as uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot

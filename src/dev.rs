@@ -12,8 +12,8 @@ use crate::cache::CacheArgs;
 use crate::config::Secret;
 use crate::db::DbConfig;
 use crate::local::{self, LocalPostgres, LocalRedis};
-use crate::server::{ServeConfig, ServerArgs, DEFAULT_LISTEN};
-use crate::{cli, db, etl};
+use crate::server::{self, Application, ServeConfig, ServerArgs, DEFAULT_LISTEN};
+use crate::{db, etl};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevConfig {
@@ -68,7 +68,10 @@ pub async fn run(mut cfg: DevConfig) -> anyhow::Result<()> {
         db: DbConfig::new(url),
         cache: cfg.cache.clone(),
     };
-    let result = cli::serve(serve).await;
+    let result = match Application::build(serve.settings()).await {
+        Ok(app) => app.run_until(server::shutdown_signal()).await,
+        Err(e) => Err(e),
+    };
     pg.stop();
     drop(redis);
     result

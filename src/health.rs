@@ -10,7 +10,7 @@ use std::time::Duration;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::db::Store;
+use crate::db::Db;
 use crate::pb::review_service_server::SERVICE_NAME;
 
 #[derive(Clone)]
@@ -50,10 +50,10 @@ impl Readiness {
 }
 
 /// Re-checks the database every `interval` and reports changes.
-pub async fn track(store: Store, readiness: Readiness, interval: Duration) {
+pub async fn track(db: Db, readiness: Readiness, interval: Duration) {
     let mut last = None;
     loop {
-        let ready = store.ping().await.is_ok();
+        let ready = db.ping().await.is_ok();
         if last != Some(ready) {
             tracing::info!(ready, "readiness changed");
             readiness.set(ready).await;

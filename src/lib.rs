@@ -4,17 +4,22 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
 pub mod etl;
 pub mod grpc;
 pub mod health;
 pub mod http;
+#[cfg(feature = "dev")]
 pub mod local;
+pub mod lsn;
 pub mod metrics;
 pub mod reviews;
 pub mod server;
+pub mod service;
 pub mod telemetry;
+pub mod wire;
 
 /// The generated protobuf messages, client and server of `reviews.v1`.
 pub mod pb {

@@ -27,10 +27,14 @@ pub struct CacheMetrics {
     /// Misses that waited for another request's load instead of querying.
     pub coalesced: Counter,
     pub fills: Counter,
+    /// Fills refused because the product was written since their lookup.
+    pub stale_fills: Counter,
     pub invalidations: Counter,
     pub errors: Counter,
     /// Reads served from the database without asking Redis (breaker open).
     pub bypassed: Counter,
+    /// Times the breaker opened.
+    pub breaker_trips: Counter,
     pub breaker_open: AtomicBool,
     /// Whether a cache is configured at all.
     pub enabled: AtomicBool,
@@ -86,6 +90,11 @@ impl Metrics {
                 c.fills.get(),
             ),
             (
+                "reviews_cache_stale_fills_total",
+                "Fills refused: the product was written since their lookup.",
+                c.stale_fills.get(),
+            ),
+            (
                 "reviews_cache_invalidations_total",
                 "Products invalidated by writes.",
                 c.invalidations.get(),
@@ -97,8 +106,13 @@ impl Metrics {
             ),
             (
                 "reviews_cache_bypassed_total",
-                "Reads sent to the database while the breaker was open.",
+                "Reads sent to the database without asking Redis (breaker open, page not cached).",
                 c.bypassed.get(),
+            ),
+            (
+                "reviews_cache_breaker_trips_total",
+                "Times the Redis circuit breaker opened.",
+                c.breaker_trips.get(),
             ),
         ] {
             let _ = writeln!(

@@ -111,6 +111,14 @@ impl PageRequest {
     }
 }
 
+/// Which reviews a list asks for: a product, a page, an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery {
+    pub product: ProductId,
+    pub page: PageRequest,
+    pub sort: Sort,
+}
+
 /// One listed review, as the store returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Review {

@@ -1,23 +1,27 @@
-//! Assembles the server: the review service over gRPC, gRPC-Web and the JSON edge on one
-//! listener, health (readiness follows the database), reflection, and graceful shutdown.
+//! Assembles the server ([`Application`]): the service core with its database and cache, its
+//! two faces (gRPC and gRPC-Web, and the JSON edge) on one listener, health (readiness follows
+//! the database), reflection, and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use prost_reflect::DescriptorPool;
+use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 
-use crate::cache::CacheArgs;
+use crate::cache::{Cache, CacheArgs, CacheConfig};
 use crate::config::{default_duration, parse_duration};
-use crate::db::{DbConfig, Store};
+use crate::db::{Db, DbConfig};
 use crate::grpc::{ReviewsGrpc, FILE_DESCRIPTOR_SET};
 use crate::health::{self, Readiness};
-use crate::http::{self, HttpConfig, JsonEdge};
+use crate::http::{self, HttpConfig};
+use crate::metrics::Metrics;
 use crate::pb::review_service_server::ReviewServiceServer;
+use crate::service::Service;
 
 /// Where `serve` and `dev` listen unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -93,59 +97,118 @@ impl Default for ServerOptions {
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves, then reports NOT_SERVING, stops accepting
-/// connections, lets the calls in flight finish, and returns.
-pub async fn serve(
-    listener: TcpListener,
-    store: Store,
-    options: ServerOptions,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let readiness = Readiness::new(reporter).await;
-    let grpc = Routes::new(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(ReviewServiceServer::new(ReviewsGrpc::new(store.clone())))
-        .prepare()
-        .into_axum_router();
-    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)?;
-    let edge = JsonEdge::new(
-        http::routes::from_descriptors(&pool)?,
-        grpc.clone(),
-        options.http.max_body,
-    );
-    let app = http::router(
-        grpc,
-        edge,
-        readiness.clone(),
-        store.metrics().clone(),
-        &options.http,
-    );
+/// What the server is built from: where it listens, its database, its cache, its options.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub db: DbConfig,
+    pub cache: Option<CacheConfig>,
+    pub options: ServerOptions,
+}
 
-    let tracker = tokio::spawn(health::track(
-        store,
-        readiness.clone(),
-        options.health_interval,
-    ));
-    let stop_tracking = tracker.abort_handle();
-
-    tracing::info!(addr = %listener.local_addr()?, "serving gRPC, gRPC-Web and JSON");
-    let mut builder = Server::builder().accept_http1(true);
-    if let Some(age) = options.max_connection_age {
-        builder = builder.max_connection_age(age);
+impl ServeConfig {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            listen: self.listen,
+            db: self.db.clone(),
+            cache: self.cache.config(),
+            options: self.server.options(),
+        }
     }
-    let result = builder
-        .serve_with_incoming_shutdown(app, TcpListenerStream::new(listener), async {
-            shutdown.await;
-            tracing::info!("shutting down: finishing the calls in flight");
-            stop_tracking.abort();
-            readiness.set(false).await;
+}
+
+/// The server, assembled: the one function `reviews serve`, `reviews dev` and the tests build it
+/// with, so what is tested is what runs.
+pub struct Application {
+    listener: TcpListener,
+    service: Service,
+    metrics: Arc<Metrics>,
+    options: ServerOptions,
+}
+
+impl Application {
+    /// Binds the listener and builds the service on its database and cache, connecting to
+    /// neither: the server starts (not ready) while they are down.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("could not listen on {}", settings.listen))?;
+        let metrics = Arc::new(Metrics::default());
+        let db = Db::new(&settings.db, metrics.clone());
+        let cache = match settings.cache {
+            Some(cfg) => {
+                tracing::info!(ttl = ?cfg.ttl, "caching reads in Redis");
+                Some(Cache::new(cfg, metrics.clone())?)
+            }
+            None => {
+                tracing::info!("REDIS_URL is not set: serving without a cache");
+                None
+            }
+        };
+        Ok(Self {
+            listener,
+            service: Service::new(db, cache, metrics.clone()),
+            metrics,
+            options: settings.options,
         })
-        .await;
-    tracker.abort();
-    tracing::info!("server stopped");
-    Ok(result?)
+    }
+
+    /// Pauses in the read path, for tests that make races deterministic.
+    #[cfg(feature = "test-hooks")]
+    pub fn with_hooks(mut self, hooks: crate::service::Hooks) -> Self {
+        self.service = self.service.with_hooks(hooks);
+        self
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting
+    /// connections, lets the calls in flight finish, and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let readiness = Readiness::new(reporter).await;
+        let grpc = Routes::new(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(ReviewServiceServer::new(ReviewsGrpc::new(
+                self.service.clone(),
+            )))
+            .prepare()
+            .into_axum_router();
+        let app = http::router(
+            grpc,
+            self.service.clone(),
+            readiness.clone(),
+            self.metrics,
+            &self.options.http,
+        );
+
+        let tracker = tokio::spawn(health::track(
+            self.service.db().clone(),
+            readiness.clone(),
+            self.options.health_interval,
+        ));
+        let stop_tracking = tracker.abort_handle();
+
+        tracing::info!(addr = %self.listener.local_addr()?, "serving gRPC, gRPC-Web and JSON");
+        let mut builder = Server::builder().accept_http1(true);
+        if let Some(age) = self.options.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let result = builder
+            .serve_with_incoming_shutdown(app, TcpListenerStream::new(self.listener), async {
+                shutdown.await;
+                tracing::info!("shutting down: finishing the calls in flight");
+                stop_tracking.abort();
+                readiness.set(false).await;
+            })
+            .await;
+        tracker.abort();
+        tracing::info!("server stopped");
+        Ok(result?)
+    }
 }
 
 /// Reflection knows the review service and health; v1alpha is served too, for older clients.

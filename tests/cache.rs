@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::{cluster, eventually, fresh_db, Setup, TestServer, SAMPLE_TEMPLATE};
 use futures_util::FutureExt;
-use reviews::cache::Hooks;
 use reviews::db::DbConfig;
 use reviews::local::LocalRedis;
 use reviews::pb::{self, ListReviewsRequest, Sort};
+use reviews::service::Hooks;
 use tokio::sync::Notify;
 
 /// The server's cache counters from `GET /metrics`, without the `reviews_cache_` prefix and
@@ -29,6 +29,17 @@ async fn metrics(s: &TestServer) -> HashMap<String, u64> {
             (name.to_string(), value)
         })
         .collect()
+}
+
+/// Waits until every fill the server started has reached Redis (fills are made after the
+/// answer is sent).
+async fn fills_landed(s: &TestServer) {
+    let landed = eventually(Duration::from_secs(10), || async {
+        let m = metrics(s).await;
+        m["fills"] + m["stale_fills"] >= m["loads"]
+    })
+    .await;
+    assert!(landed, "fills land: {:?}", metrics(s).await);
 }
 
 async fn list(s: &TestServer, product: i32, page: Option<i32>, count: Option<i32>) -> Vec<i32> {
@@ -55,6 +66,7 @@ const P1: &[(i32, i32)] = &[(1, 1), (2, 1), (3, 1), (4, 1)];
 async fn a_repeated_read_is_a_hit_and_equivalent_requests_share_an_entry() {
     let s = TestServer::sample().await;
     let first = list(&s, 3, None, Some(5)).await;
+    fills_landed(&s).await;
     let m = metrics(&s).await;
     assert_eq!(
         (m["misses"], m["loads"], m["fills"], m["hits"]),
@@ -68,6 +80,7 @@ async fn a_repeated_read_is_a_hit_and_equivalent_requests_share_an_entry() {
     assert_eq!(metrics(&s).await["hits"], 1);
 
     let all = list(&s, 3, None, Some(1000)).await;
+    fills_landed(&s).await;
     assert_eq!(
         list(&s, 3, None, Some(1_000_000)).await,
         all,
@@ -147,6 +160,7 @@ async fn replicas_sharing_one_redis_see_each_others_writes_at_once() {
     let a = TestServer::launch(Setup::new(DbConfig::new(&db)).cached(redis, &db)).await;
     let b = TestServer::launch(Setup::new(DbConfig::new(&db)).cached(redis, &db)).await;
     assert_eq!(list(&a, 2, None, None).await, [3, 4, 5]);
+    fills_landed(&a).await;
     assert_eq!(list(&b, 2, None, None).await, [3, 4, 5]);
     assert_eq!(metrics(&b).await["hits"], 1, "b reads what a filled");
 
@@ -241,16 +255,20 @@ async fn a_slow_read_overlapping_a_write_never_leaves_a_stale_entry() {
         "the slow read began before the write"
     );
 
-    assert_eq!(
-        metrics(&s).await["fills"],
-        1,
-        "the slow read did fill the cache"
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metrics(&s).await["stale_fills"] == 1
+        })
+        .await,
+        "the slow read tried to fill the cache after the write"
     );
+    assert_eq!(metrics(&s).await["fills"], 0, "and was refused");
     assert_eq!(
         list(&s, 1, None, None).await,
         [id, 2, 1],
-        "yet no later read sees its entry"
+        "so no later read sees its old page"
     );
+    fills_landed(&s).await;
     assert_eq!(list(&s, 1, None, None).await, [id, 2, 1]);
     assert_eq!(metrics(&s).await["hits"], 1);
 }
@@ -298,6 +316,7 @@ async fn a_dead_redis_costs_nothing_and_the_cache_comes_back_with_it() {
     let db = fresh_db(SAMPLE_TEMPLATE).await;
     let s = TestServer::launch(Setup::new(DbConfig::new(&db)).cached(&redis.url(), "dead")).await;
     assert_eq!(list(&s, 1, None, None).await, [2, 1]);
+    fills_landed(&s).await;
     assert_eq!(list(&s, 1, None, None).await, [2, 1]);
     assert_eq!(metrics(&s).await["hits"], 1);
 
@@ -352,7 +371,8 @@ async fn a_write_redis_missed_leaves_no_stale_entry_behind() {
     let redis = LocalRedis::start(&common::scratch_dir("frozen-redis")).unwrap();
     let db = fresh_db(SAMPLE_TEMPLATE).await;
     let s = TestServer::launch(Setup::new(DbConfig::new(&db)).cached(&redis.url(), "frozen")).await;
-    assert_eq!(list(&s, 1, None, None).await, [2, 1]); // filled: the entry outlives the outage
+    assert_eq!(list(&s, 1, None, None).await, [2, 1]);
+    fills_landed(&s).await; // the entry outlives the outage
 
     redis.freeze(true);
     let id = s

@@ -250,7 +250,7 @@ async fn serve_configured_by_flags_answers_json_grpc_and_health() {
         &prefix,
         "--db-pool-size",
         "4",
-        "--redis-pool-size",
+        "--redis-connections",
         "4",
     ]));
     let line = server
@@ -279,18 +279,70 @@ async fn serve_configured_by_the_environment_only_answers_json_grpc_and_health()
             )
             .env("REVIEWS_LISTEN", "127.0.0.1:0")
             .env("REVIEWS_DB_POOL_SIZE", "4")
-            .env("REVIEWS_REDIS_POOL_SIZE", "4")
+            .env("REVIEWS_REDIS_CONNECTIONS", "4")
             .env("REVIEWS_LOG_FORMAT", "json"),
     );
     let line = server
         .stderr_line("serving gRPC", Duration::from_secs(30))
         .await;
-    answers_json_grpc_and_health(served_addr(&line)).await;
-    for line in server.stderr() {
-        serde_json::from_str::<serde_json::Value>(&line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+    let addr = served_addr(&line);
+    answers_json_grpc_and_health(addr).await;
+    create_with_request_ids(addr).await;
+    let logged = server
+        .stderr()
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+        })
+        .collect::<Vec<_>>();
+    for id in ["cli-json-1", "cli-grpc-1"] {
+        assert!(
+            logged
+                .iter()
+                .any(|l| l["fields"]["message"] == "review created"
+                    && l["fields"]["request_id"] == id),
+            "the caller's x-request-id {id} reaches the core's log line: {logged:#?}"
+        );
     }
     stop(server).await;
+}
+
+/// Creates a review through each face, each call carrying its own `x-request-id`.
+async fn create_with_request_ids(addr: std::net::SocketAddr) {
+    let review = serde_json::json!({
+        "product_id": 1, "rating": 4, "summary": "ok", "recommend": true,
+        "body": "a body long enough to be a valid review, fifty chars at least",
+        "name": "cli", "email": "cli@example.com",
+        "characteristics": {"1": 3, "2": 3, "3": 3, "4": 3}
+    });
+    let created = reqwest::Client::new()
+        .post(format!("http://{addr}/reviews"))
+        .header("x-request-id", "cli-json-1")
+        .header("content-type", "application/json")
+        .body(review.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let mut request = tonic::Request::new(reviews::pb::CreateReviewRequest {
+        product_id: 1,
+        rating: 5,
+        summary: "ok".into(),
+        body: "a body long enough to be a valid review, fifty chars at least".into(),
+        recommend: true,
+        name: "cli".into(),
+        email: "cli@example.com".into(),
+        photos: vec![],
+        characteristics: [(1, 3), (2, 3), (3, 3), (4, 3)].into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "cli-grpc-1".parse().unwrap());
+    reviews::pb::review_service_client::ReviewServiceClient::new(common::channel(addr).await)
+        .create_review(request)
+        .await
+        .unwrap();
 }
 
 /// The processes whose process group is `pgid`.

@@ -276,8 +276,8 @@ async fn pooled_connections_plan_once() {
         plan_cache_mode: String,
     }
     let db = DbConfig::new(common::fresh_db(common::SAMPLE_TEMPLATE).await);
-    let store = reviews::cli::store(&db, None, Default::default()).unwrap();
-    let mut conn = store.pool().get().await.unwrap();
+    let store = reviews::db::Db::new(&db, Default::default());
+    let mut conn = store.primary().get().await.unwrap();
     let s: Setting = diesel::sql_query("SHOW plan_cache_mode")
         .get_result(&mut *conn)
         .await

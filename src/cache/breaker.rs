@@ -55,6 +55,7 @@ impl Breaker {
         if failures >= self.threshold {
             let until = self.now_ms() + self.cooldown.as_millis() as u64;
             if self.open_until.swap(until, Ordering::Relaxed) == 0 {
+                self.metrics.cache.breaker_trips.inc();
                 tracing::warn!(failures, cooldown = ?self.cooldown, "redis failing: cache bypassed");
             }
             self.metrics

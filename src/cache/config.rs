@@ -6,7 +6,7 @@ use crate::config::{default_duration, parse_duration, parse_redis_url, Secret};
 
 pub const DEFAULT_PREFIX: &str = "rv";
 pub const DEFAULT_TTL: &str = "60s";
-pub const DEFAULT_POOL_SIZE: u32 = 8;
+pub const DEFAULT_CONNECTIONS: u32 = 1;
 pub const DEFAULT_TIMEOUT: &str = "100ms";
 
 #[derive(Debug, Clone)]
@@ -15,7 +15,8 @@ pub struct CacheConfig {
     /// Prefix of every key, so environments (or tests) can share one Redis.
     pub prefix: String,
     pub ttl: Duration,
-    pub pool_size: u32,
+    /// Multiplexed connections; each carries any number of concurrent calls.
+    pub connections: u32,
     /// Deadline of one Redis call, connection included.
     pub timeout: Duration,
     pub breaker_threshold: u32,
@@ -28,7 +29,7 @@ impl CacheConfig {
             url: Secret::new(url),
             prefix: DEFAULT_PREFIX.into(),
             ttl: default_duration(DEFAULT_TTL),
-            pool_size: DEFAULT_POOL_SIZE,
+            connections: DEFAULT_CONNECTIONS,
             timeout: default_duration(DEFAULT_TIMEOUT),
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(2),
@@ -45,15 +46,14 @@ pub struct CacheArgs {
     /// How long a cached entry lives.
     #[arg(long = "cache-ttl", env = "REVIEWS_CACHE_TTL", default_value = DEFAULT_TTL, value_parser = parse_duration)]
     pub ttl: Duration,
-    /// Most Redis connections.
+    /// Redis connections; each is multiplexed (pipelines every concurrent call).
     #[arg(
-        id = "redis_pool_size",
-        long = "redis-pool-size",
-        env = "REVIEWS_REDIS_POOL_SIZE",
-        default_value_t = DEFAULT_POOL_SIZE,
-        value_parser = clap::value_parser!(u32).range(1..=10_000)
+        long = "redis-connections",
+        env = "REVIEWS_REDIS_CONNECTIONS",
+        default_value_t = DEFAULT_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..=64)
     )]
-    pub pool_size: u32,
+    pub connections: u32,
     /// Prefix of every cache key (to share one Redis between environments).
     #[arg(
         long = "cache-prefix",
@@ -72,7 +72,7 @@ impl CacheArgs {
         let mut cfg = CacheConfig::new(url.expose());
         cfg.ttl = self.ttl;
         cfg.prefix = self.prefix.clone();
-        cfg.pool_size = self.pool_size;
+        cfg.connections = self.connections;
         cfg.timeout = self.timeout;
         Some(cfg)
     }

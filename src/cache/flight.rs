@@ -13,19 +13,40 @@ type Outcome = Result<Bytes, Error>;
 
 #[derive(Default)]
 pub struct Flights {
-    running: Mutex<HashMap<String, Arc<OnceCell<Outcome>>>>,
+    running: Arc<Mutex<HashMap<String, Arc<OnceCell<Outcome>>>>>,
+}
+
+/// Held by the caller whose load ran: while it lives, later misses of the key share the loaded
+/// answer instead of loading again. Drop it once the answer is in Redis.
+pub struct Flight {
+    running: Arc<Mutex<HashMap<String, Arc<OnceCell<Outcome>>>>>,
+    key: String,
+    cell: Arc<OnceCell<Outcome>>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().expect("flights lock");
+        if running
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            running.remove(&self.key);
+        }
+    }
 }
 
 impl Flights {
-    /// Runs `load` unless a load of `key` is already under way, in which case `joined` is
-    /// called and that load's outcome is shared. Returns the outcome and whether this call's own
-    /// `load` ran. If the running load is cancelled, a waiting caller's load takes over.
+    /// Runs `load` unless a load of `key` is already under way (or landed and not yet filled),
+    /// in which case `joined` is called and that load's outcome is shared. Returns the outcome
+    /// and, to the caller whose `load` ran and succeeded, the [`Flight`] to drop after the fill.
+    /// If the running load is cancelled, a waiting caller's load takes over.
     pub async fn run(
         &self,
         key: &str,
         load: impl Future<Output = Outcome>,
         joined: impl FnOnce(),
-    ) -> (Outcome, bool) {
+    ) -> (Outcome, Option<Flight>) {
         let (cell, existed) = {
             let mut running = self.running.lock().expect("flights lock");
             match running.get(key) {
@@ -48,11 +69,21 @@ impl Flights {
             })
             .await
             .clone();
-        let mut running = self.running.lock().expect("flights lock");
-        if running.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            running.remove(key);
+        let flight = || Flight {
+            running: self.running.clone(),
+            key: key.to_string(),
+            cell: cell.clone(),
+        };
+        match &outcome {
+            Ok(_) if ran => (outcome, Some(flight())),
+            // The answer stays shared until the leader's flight lands.
+            Ok(_) => (outcome, None),
+            // A failed load is not shared with later callers: they try again.
+            Err(_) => {
+                drop(flight());
+                (outcome, None)
+            }
         }
-        (outcome, ran)
     }
 }
 
@@ -95,7 +126,7 @@ mod tests {
         for t in tasks {
             let (outcome, own) = t.await.unwrap();
             assert_eq!(outcome.unwrap(), Bytes::from_static(b"v"));
-            ran += u32::from(own);
+            ran += u32::from(own.is_some());
         }
         assert_eq!((loads.load(Ordering::SeqCst), ran), (1, 1));
         assert!(flights.running.lock().unwrap().is_empty());

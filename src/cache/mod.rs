@@ -1,73 +1,91 @@
-//! The Redis cache in front of the database, shared by every replica (cache-aside).
+//! The Redis cache beside the database, shared by every replica of the service. It stores the
+//! bytes each face sends (a JSON body, an encoded protobuf reply), so a hit is one Redis round
+//! trip and a copy. It knows nothing of the database: the service core looks up, loads, fills
+//! and invalidates through it (see `service`).
 //!
-//! Keys are versioned: `<prefix>:{<product>}:e<epoch>:v<version>:<entry>`. One Lua script reads the
-//! global epoch, the product's version and the entry in one round trip. A write bumps the
-//! product's version after its transaction commits and before it returns, so every read that
-//! starts after a write returned looks up a key no reader could have filled with older data.
-//! A read that began before the write fills the old key, which nobody reads any more: the
-//! classic fill race cannot leave a stale entry in view. Misses of one key share one load
-//! (single-flight, keyed by the versioned key, so a read never joins a load older than a write
-//! it must see).
+//! Layout: one hash per product, `<prefix>:{<product>}`, holding `v` (a token that changes with
+//! every write to the product), `lsn` (the primary's WAL position after the last write) and one
+//! field per cached answer, whose value starts with the stamp `<epoch>.<v>|` it was filled under.
+//! A lookup is one `HMGET` of the hash: a hit is an answer whose stamp matches the hash's `v` and
+//! the current epoch. A write replaces `v` after its transaction commits and before it returns,
+//! so every read that starts after a write returned misses whatever was filled before it. A fill
+//! is made off the response path and only while `v` is still the one its lookup saw, so a read
+//! that began before a write can never make its older answer current (the fill race). Misses of
+//! one stamped answer share one load (single-flight).
 //!
-//! With read replicas, a write also records the primary's WAL position after its commit (per
-//! product, and once per Redis lifetime as a floor); the lookup returns the position a miss must
-//! read at least up to, so a lagging replica is never asked (see `db::Store::read_conn`).
+//! The epoch and the WAL floor are global and change rarely (a missed invalidation, a new data
+//! set): each replica polls them instead of reading them on every lookup, and a fill is refused
+//! once the epoch it was looked up under has passed.
 //!
-//! Redis failing never fails a request: every call has a short timeout, a breaker skips Redis
-//! for a while after repeated failures, and reads then go to PostgreSQL. A write whose version
-//! bump could not reach Redis leaves the replica owing an epoch bump, retried in the background
-//! until it succeeds and made before this replica uses the cache again; the bump hides every
-//! entry filled before it. Until then other replicas may serve entries older than that write,
-//! for at most the TTL.
+//! With read replicas, the lookup also says which WAL position a miss must read at least up to
+//! (the product's `lsn`, or, for a product not written for a TTL, the largest position any write
+//! recorded), so a lagging replica is never asked.
+//!
+//! Redis failing never fails a request: every call has a short deadline, a breaker skips Redis
+//! for a while after repeated failures, and reads then go to PostgreSQL. A write whose
+//! invalidation could not reach Redis leaves this replica owing an epoch bump, retried in the
+//! background until it succeeds and made before this replica uses the cache again; the bump hides
+//! every answer filled before it, on every replica once they next poll the epoch.
 
 mod breaker;
-mod codec;
 mod config;
 mod flight;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 
-pub use codec::Cacheable;
 pub use config::{CacheArgs, CacheConfig, DEFAULT_PREFIX};
+pub use flight::{Flight, Flights};
 
 use self::breaker::Breaker;
-use self::flight::Flights;
-use crate::error::Error;
+use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::reviews::{PageRequest, ProductId, Sort};
 
-/// List pages past this one are not cached, which bounds the key space per product.
+/// List pages past this one are not cached, which bounds the fields per product.
 pub const MAX_CACHED_PAGE: u32 = 20;
 
-/// Reads the epoch, the product's version and the versioned entry in one round trip.
-const LOOKUP: &str = r"
-local epoch = redis.call('GET', KEYS[1]) or '0'
-local version = redis.call('GET', KEYS[2]) or '0'
-local key = ARGV[1] .. epoch .. ':v' .. version .. ARGV[2]
-return {key, redis.call('GET', key), redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])}
-";
+/// How often each replica re-reads the epoch and the WAL floor.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Bumps a product's version and records how far the primary's WAL had gone when the write
-/// committed (the product's LSN only grows; the floor is set once per Redis lifetime).
-const INVALIDATE: &str = r"
-redis.call('INCR', KEYS[1])
-local lsn = tonumber(ARGV[1])
-if lsn > 0 then
-  if lsn > tonumber(redis.call('GET', KEYS[2]) or '0') then
-    redis.call('SET', KEYS[2], ARGV[1])
-  end
-  redis.call('SET', KEYS[3], ARGV[1], 'NX')
-end
+/// Fills `ARGV[2]` with `ARGV[3]` if the product's version is still `ARGV[1]` (`0`: none yet)
+/// and the epoch still `ARGV[5]`, and makes a hash this fill created expire after `ARGV[4]`
+/// seconds.
+const FILL: &str = r"
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then return 0 end
+if (redis.call('HGET', KEYS[1], 'v') or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4], 'NX')
 return 1
 ";
 
-/// What is cached: a list page (after clamping) or a product's meta.
+/// Replaces the product's hash by one holding only the new version `ARGV[1]` and, when `ARGV[2]`
+/// is positive, the WAL position of the write (never lower than the one it replaces), which also
+/// raises the global maximum `KEYS[3]` and sets the floor `KEYS[2]` once per Redis lifetime. The
+/// hash then lives `ARGV[3]` seconds, so a product without a recorded position was last written
+/// more than a TTL ago.
+const INVALIDATE: &str = r"
+local kept = redis.call('HGET', KEYS[1], 'lsn')
+local lsn = kept
+if tonumber(ARGV[2]) > tonumber(kept or '0') then lsn = ARGV[2] end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+if lsn then redis.call('HSET', KEYS[1], 'lsn', lsn) end
+if tonumber(ARGV[2]) > 0 then
+  if tonumber(ARGV[2]) > tonumber(redis.call('GET', KEYS[3]) or '0') then
+    redis.call('SET', KEYS[3], ARGV[2])
+  end
+  redis.call('SET', KEYS[2], ARGV[2], 'NX')
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// What is cached: a list page or a product's meta, in the form one face sends it.
 #[derive(Debug, Clone, Copy)]
 pub enum Entry {
     List {
@@ -81,14 +99,14 @@ pub enum Entry {
 }
 
 impl Entry {
-    fn product(&self) -> ProductId {
+    pub fn product(&self) -> ProductId {
         match self {
             Entry::List { product, .. } | Entry::Meta { product } => *product,
         }
     }
 
-    /// The part of the key after the version: the normalized request.
-    fn suffix(&self) -> String {
+    /// The hash field of this entry in `format` (which names its encoding and its version).
+    fn field(&self, format: &str) -> String {
         match self {
             Entry::List { page, sort, .. } => {
                 let sort = match sort {
@@ -96,9 +114,9 @@ impl Entry {
                     Sort::Newest => "newest",
                     Sort::Helpful => "helpful",
                 };
-                format!(":list:{sort}:{}:{}", page.page(), page.size())
+                format!("list:{sort}:{}:{}:{format}", page.page(), page.size())
             }
-            Entry::Meta { .. } => ":meta".into(),
+            Entry::Meta { .. } => format!("meta:{format}"),
         }
     }
 
@@ -110,43 +128,45 @@ impl Entry {
     }
 }
 
-impl CacheConfig {
-    fn epoch_key(&self) -> String {
-        format!("{}:epoch", self.prefix)
-    }
-
-    /// Keys of one product share a hash tag, so they live on one Redis Cluster slot.
-    fn entry_prefix(&self, product: ProductId) -> String {
-        format!("{}:{{{}}}:e", self.prefix, product.get())
-    }
-
-    fn version_key(&self, product: ProductId) -> String {
-        format!("{}:{{{}}}:version", self.prefix, product.get())
-    }
-
-    /// The primary's WAL position (as a number) after the product's last write.
-    fn lsn_key(&self, product: ProductId) -> String {
-        format!("{}:{{{}}}:lsn", self.prefix, product.get())
-    }
-
-    /// A WAL position at or past every write made before this Redis started keeping LSNs.
-    fn floor_key(&self) -> String {
-        format!("{}:lsn-floor", self.prefix)
-    }
+/// What a lookup found.
+pub enum Lookup {
+    /// The cached answer.
+    Hit(Bytes),
+    /// No current answer: load one (from data that includes `needed`) and fill it.
+    Miss(Miss),
+    /// Redis is not usable now (or the entry is never cached): read the primary, fill nothing.
+    Skip,
 }
 
-/// What a lookup found: the versioned key, its value, and the WAL position its data needs.
-struct Lookup {
+/// A miss, with what its fill must be conditioned on.
+pub struct Miss {
     key: String,
-    value: Option<Bytes>,
-    needed: Option<i64>,
+    field: String,
+    /// The product's version the lookup saw (`0`: none).
+    version: String,
+    epoch: i64,
+    stamp: String,
+    /// The WAL position the answer's data must include, when read replicas may answer.
+    pub needed: Option<Lsn>,
 }
 
-/// Test hooks: pause a read between its database load and its fill, or inside its load.
-#[derive(Default, Clone)]
-pub struct Hooks {
-    pub before_fill: Option<Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>>,
-    pub during_load: Option<Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>>,
+impl Miss {
+    /// Names the answer this miss will load, for single-flight: a later write changes it.
+    pub fn flight_key(&self) -> String {
+        format!("{}\n{}\n{}", self.key, self.field, self.stamp)
+    }
+}
+
+/// The global state each replica polls.
+#[derive(Debug, Clone, Copy, Default)]
+struct Globals {
+    /// Whether the poll has succeeded since this replica (re)connected.
+    known: bool,
+    epoch: i64,
+    /// Every write before this Redis started recording positions is at or below it.
+    floor: Option<i64>,
+    /// The largest position any write recorded.
+    max_lsn: i64,
 }
 
 #[derive(Clone)]
@@ -155,121 +175,138 @@ pub struct Cache {
 }
 
 struct Inner {
-    pool: bb8::Pool<Manager>,
+    connections: Vec<ConnectionManager>,
+    next: AtomicUsize,
     cfg: CacheConfig,
-    lookup: redis::Script,
+    fill: redis::Script,
     invalidate: redis::Script,
     breaker: Breaker,
     flights: Flights,
     metrics: Arc<Metrics>,
+    globals: RwLock<Globals>,
     owes_epoch_bump: AtomicBool,
-    hooks: Hooks,
 }
 
 impl Cache {
-    /// Builds the cache without connecting; a background task repays owed epoch bumps.
-    pub fn new(cfg: CacheConfig, metrics: Arc<Metrics>, hooks: Hooks) -> anyhow::Result<Self> {
-        let manager = Manager(bb8_redis::RedisConnectionManager::new(cfg.url.expose())?);
-        let pool = bb8::Pool::builder()
-            .max_size(cfg.pool_size)
-            .connection_timeout(cfg.timeout)
-            .retry_connection(false)
-            .test_on_check_out(false)
-            .build_unchecked(manager);
+    /// Builds the cache without connecting (Redis may be down when the service starts); a
+    /// background task polls the epoch and repays owed epoch bumps.
+    pub fn new(cfg: CacheConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let client = redis::Client::open(cfg.url.expose())?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            // Reconnection is retried by the next call; a long retry loop would only delay it.
+            .set_number_of_retries(1);
+        let connections = (0..cfg.connections)
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager.clone()))
+            .collect::<Result<_, _>>()?;
         metrics.cache.enabled.store(true, Ordering::Relaxed);
         let cache = Self {
             inner: Arc::new(Inner {
-                pool,
+                connections,
+                next: AtomicUsize::new(0),
                 breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown, metrics.clone()),
                 cfg,
-                lookup: redis::Script::new(LOOKUP),
+                fill: redis::Script::new(FILL),
                 invalidate: redis::Script::new(INVALIDATE),
                 flights: Flights::default(),
                 metrics,
+                globals: RwLock::default(),
                 owes_epoch_bump: AtomicBool::new(false),
-                hooks,
             }),
         };
-        tokio::spawn(repay_epoch_bumps(Arc::downgrade(&cache.inner)));
+        tokio::spawn(poll(Arc::downgrade(&cache.inner)));
         Ok(cache)
     }
 
-    /// The cached value of `entry`, or `load`'s, which is then cached. `load` is told the WAL
-    /// position its data must include (every write to the product so far), when the cache
-    /// knows it: a read replica that has replayed that far may answer.
-    pub async fn get_or_load<T, F, Fut>(&self, entry: Entry, load: F) -> Result<T, Error>
-    where
-        T: Cacheable,
-        F: FnOnce(Option<i64>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Error>> + Send,
-    {
+    /// Looks `entry` up in `format`: one `HMGET`.
+    pub async fn lookup(&self, entry: &Entry, format: &str) -> Lookup {
         let c = &self.inner;
-        if !entry.cacheable() || !c.ready().await {
-            c.metrics.cache.bypassed.inc();
-            return load(None).await;
+        let mut globals = *c.globals.read().expect("globals lock");
+        if !globals.known && c.usable() {
+            // Just started, or Redis is back: read the globals now rather than at the next poll.
+            c.poll().await;
+            globals = *c.globals.read().expect("globals lock");
         }
-        let (key, needed) = match c.lookup(&entry).await {
-            Ok(Lookup {
-                key,
-                value: Some(bytes),
-                needed,
-            }) => match T::decode(&bytes) {
-                Some(value) => {
-                    c.metrics.cache.hits.inc();
-                    return Ok(value);
-                }
-                None => (key, needed), // written by another version of the service: reload it
-            },
-            Ok(Lookup {
-                key,
-                value: None,
-                needed,
-            }) => (key, needed),
-            Err(()) => return load(None).await,
+        if !entry.cacheable() || !globals.known || !c.usable() {
+            c.metrics.cache.bypassed.inc();
+            return Lookup::Skip;
+        }
+        let key = c.cfg.product_key(entry.product());
+        let field = entry.field(format);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&key).arg("v").arg("lsn").arg(&field);
+        let found: Result<(Option<String>, Option<i64>, Option<Bytes>), _> = c.call(&cmd).await;
+        let Ok((version, lsn, value)) = found else {
+            return Lookup::Skip;
         };
-        let load = load(needed);
+        let version = version.unwrap_or_else(|| "0".into());
+        let stamp = format!("{}.{version}|", globals.epoch);
+        if let Some(value) = value.filter(|v| v.starts_with(stamp.as_bytes())) {
+            c.metrics.cache.hits.inc();
+            return Lookup::Hit(value.slice(stamp.len()..));
+        }
         c.metrics.cache.misses.inc();
-        let joined = || c.metrics.cache.coalesced.inc();
-        let (outcome, _) = c
-            .flights
-            .run(
-                &key,
-                async {
-                    c.metrics.cache.loads.inc();
-                    if let Some(hook) = &c.hooks.during_load {
-                        hook().await;
-                    }
-                    let bytes = load.await?.encode();
-                    if let Some(hook) = &c.hooks.before_fill {
-                        hook().await;
-                    }
-                    c.fill(&key, bytes.clone()).await;
-                    Ok(bytes)
-                },
-                joined,
-            )
-            .await;
-        T::decode(&outcome?).ok_or_else(|| Error::Internal("undecodable cache entry".into()))
+        // Without a floor, writes from before this Redis's time are unaccounted for.
+        let needed = globals
+            .floor
+            .map(|floor| Lsn::new(floor.max(lsn.unwrap_or(globals.max_lsn))));
+        Lookup::Miss(Miss {
+            key,
+            field,
+            version,
+            epoch: globals.epoch,
+            stamp,
+            needed,
+        })
     }
 
-    /// Hides every cached entry of `product`, and records `lsn` (the primary's WAL position
+    /// Single-flight for misses: see [`Flights`].
+    pub fn flights(&self) -> &Flights {
+        &self.inner.flights
+    }
+
+    /// Stores `answer` for `miss`, unless the product was written since its lookup.
+    pub async fn fill(&self, miss: &Miss, answer: &[u8]) {
+        let c = &self.inner;
+        let mut value = Vec::with_capacity(miss.stamp.len() + answer.len());
+        value.extend_from_slice(miss.stamp.as_bytes());
+        value.extend_from_slice(answer);
+        let mut invocation = c.fill.key(&miss.key);
+        invocation
+            .key(c.cfg.epoch_key())
+            .arg(&miss.version)
+            .arg(&miss.field)
+            .arg(value)
+            .arg(c.cfg.ttl.as_secs().max(1))
+            .arg(miss.epoch);
+        let mut conn = c.connection();
+        match c.guard(invocation.invoke_async::<i64>(&mut conn)).await {
+            Ok(1) => c.metrics.cache.fills.inc(),
+            Ok(_) => c.metrics.cache.stale_fills.inc(),
+            Err(_) => {}
+        }
+    }
+
+    /// Hides every cached answer of `product`, and records `lsn` (the primary's WAL position
     /// after the write, when read replicas are in use). Called after a write commits, before it
     /// returns.
-    pub async fn invalidate(&self, product: ProductId, lsn: Option<i64>) {
+    pub async fn invalidate(&self, product: ProductId, lsn: Option<Lsn>) {
         let c = &self.inner;
         c.metrics.cache.invalidations.inc();
-        let mut invocation = c.invalidate.key(c.cfg.version_key(product));
+        let mut invocation = c.invalidate.key(c.cfg.product_key(product));
         invocation
-            .key(c.cfg.lsn_key(product))
             .key(c.cfg.floor_key())
-            .arg(lsn.unwrap_or(0));
-        let bumped = c.breaker.allows()
-            && c.call(|mut conn| async move {
-                invocation.invoke_async::<i64>(&mut conn).await.map(drop)
-            })
-            .await
-            .is_ok();
-        if !bumped {
+            .key(c.cfg.max_lsn_key())
+            .arg(fresh_version())
+            .arg(lsn.map_or(0, Lsn::get))
+            .arg(c.cfg.ttl.as_secs().max(1));
+        let mut conn = c.connection();
+        let done = c.breaker.allows()
+            && c.guard(invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .is_ok();
+        if !done {
             tracing::warn!(
                 product_id = product.get(),
                 "could not invalidate: owing an epoch bump"
@@ -281,158 +318,117 @@ impl Cache {
 
 impl Inner {
     /// Whether the cache may be used now: the breaker is closed and no epoch bump is owed.
-    async fn ready(&self) -> bool {
-        if !self.breaker.allows() {
-            return false;
-        }
-        !self.owes_epoch_bump.load(Ordering::SeqCst) || self.bump_epoch().await
+    fn usable(&self) -> bool {
+        self.breaker.allows() && !self.owes_epoch_bump.load(Ordering::SeqCst)
     }
 
-    async fn bump_epoch(&self) -> bool {
-        let ok = self
-            .call(|mut conn| async move {
-                redis::cmd("INCR")
-                    .arg(self.cfg.epoch_key())
-                    .query_async::<i64>(&mut conn)
-                    .await
-                    .map(drop)
-            })
-            .await
-            .is_ok();
-        if ok {
+    fn connection(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[i].clone()
+    }
+
+    async fn call<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let mut conn = self.connection();
+        self.guard(cmd.query_async(&mut conn)).await
+    }
+
+    /// Runs one Redis call under the deadline; the outcome feeds the breaker.
+    async fn guard<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        let result = match tokio::time::timeout(self.cfg.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "deadline passed",
+            ))),
+        };
+        match &result {
+            Ok(_) => self.breaker.succeeded(),
+            Err(error) => {
+                tracing::debug!(%error, "redis call failed");
+                self.metrics.cache.errors.inc();
+                self.breaker.failed();
+            }
+        }
+        result
+    }
+
+    /// Re-reads the epoch and the WAL floor and maximum; on failure the globals are unknown
+    /// and the cache is skipped until a poll succeeds again (after a Redis restart the floor may
+    /// be gone, and with it what replicas may answer).
+    async fn poll(&self) {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.cfg.epoch_key())
+            .arg(self.cfg.floor_key())
+            .arg(self.cfg.max_lsn_key());
+        let read: redis::RedisResult<(Option<i64>, Option<i64>, Option<i64>)> =
+            self.call(&cmd).await;
+        let mut globals = self.globals.write().expect("globals lock");
+        *globals = match read {
+            Ok((epoch, floor, max_lsn)) => Globals {
+                known: true,
+                epoch: epoch.unwrap_or(0),
+                floor,
+                max_lsn: max_lsn.unwrap_or(0),
+            },
+            Err(_) => Globals::default(),
+        };
+    }
+
+    async fn bump_epoch(&self) {
+        let mut cmd = redis::cmd("INCR");
+        cmd.arg(self.cfg.epoch_key());
+        if let Ok(epoch) = self.call::<i64>(&cmd).await {
+            self.globals.write().expect("globals lock").epoch = epoch;
             self.owes_epoch_bump.store(false, Ordering::SeqCst);
             tracing::info!(
                 "cache epoch bumped: entries older than the missed invalidation are hidden"
             );
         }
-        ok
-    }
-
-    async fn lookup(&self, entry: &Entry) -> Result<Lookup, ()> {
-        let product = entry.product();
-        let invocation = {
-            let mut inv = self.lookup.key(self.cfg.epoch_key());
-            inv.key(self.cfg.version_key(product))
-                .key(self.cfg.lsn_key(product))
-                .key(self.cfg.floor_key())
-                .arg(self.cfg.entry_prefix(product))
-                .arg(entry.suffix());
-            inv
-        };
-        self.call(|mut conn| async move {
-            let (key, value, lsn, floor): (String, Option<Vec<u8>>, Option<i64>, Option<i64>) =
-                invocation.invoke_async(&mut conn).await?;
-            // Without a floor, writes from before this Redis's time are unaccounted for.
-            let needed = floor.map(|f| f.max(lsn.unwrap_or(0)));
-            Ok(Lookup {
-                key,
-                value: value.map(Bytes::from),
-                needed,
-            })
-        })
-        .await
-    }
-
-    async fn fill(&self, key: &str, bytes: Bytes) {
-        let ttl = self.cfg.ttl.as_secs().max(1);
-        let key = key.to_string();
-        let filled = self
-            .call(|mut conn| async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(bytes.as_ref())
-                    .arg("EX")
-                    .arg(ttl)
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
-            .await;
-        if filled.is_ok() {
-            self.metrics.cache.fills.inc();
-        }
-    }
-
-    /// Runs one Redis call under the deadline; failures feed the breaker and mark the
-    /// connection for disposal.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ()>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let attempt = async {
-            let mut pooled = self.pool.get().await.map_err(|e| e.to_string())?;
-            let result = f(pooled.conn.clone()).await;
-            if let Err(e) = &result {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    pooled.broken = true;
-                }
-            }
-            result.map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(self.cfg.timeout, attempt).await {
-            Ok(Ok(v)) => {
-                self.breaker.succeeded();
-                Ok(v)
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "redis call failed");
-                self.metrics.cache.errors.inc();
-                self.breaker.failed();
-                Err(())
-            }
-            Err(_) => {
-                self.metrics.cache.errors.inc();
-                self.breaker.failed();
-                Err(())
-            }
-        }
     }
 }
 
-/// Retries an owed epoch bump every half second, so a replica that missed an invalidation
-/// hides the stale entries as soon as Redis is back, whether or not it gets traffic.
-async fn repay_epoch_bumps(inner: std::sync::Weak<Inner>) {
+/// Polls the globals and repays an owed epoch bump (bumped first, so this replica never reads
+/// an answer filled before the invalidation it missed), whether or not the replica gets traffic.
+async fn poll(inner: std::sync::Weak<Inner>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.owes_epoch_bump.load(Ordering::SeqCst) {
-            inner.bump_epoch().await;
+        {
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.owes_epoch_bump.load(Ordering::SeqCst) {
+                inner.bump_epoch().await;
+            }
+            if inner.breaker.allows() {
+                inner.poll().await;
+            } else {
+                // Whatever Redis holds when it answers again must be read afresh.
+                *inner.globals.write().expect("globals lock") = Globals::default();
+            }
         }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
-/// A pooled Redis connection that the cache marks broken when a call fails at the transport
-/// level, so bb8 replaces it instead of handing it out again (bb8-redis never reports broken
-/// connections, and a check-out PING would double every call's round trips).
-pub struct PooledRedis {
-    conn: MultiplexedConnection,
-    broken: bool,
+/// A version token no earlier write to any product used, so a hash that expired and was
+/// created again can never make an old answer current.
+fn fresh_version() -> String {
+    use std::hash::BuildHasher;
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    // RandomState is seeded per process, so tokens of two replicas differ even in one instant.
+    let mixed = std::collections::hash_map::RandomState::new()
+        .hash_one((nanos, COUNT.fetch_add(1, Ordering::Relaxed)));
+    format!("{mixed:016x}")
 }
 
-struct Manager(bb8_redis::RedisConnectionManager);
-
-impl bb8::ManageConnection for Manager {
-    type Connection = PooledRedis;
-    type Error = redis::RedisError;
-
-    async fn connect(&self) -> Result<PooledRedis, redis::RedisError> {
-        Ok(PooledRedis {
-            conn: self.0.connect().await?,
-            broken: false,
-        })
-    }
-
-    async fn is_valid(&self, conn: &mut PooledRedis) -> Result<(), redis::RedisError> {
-        self.0.is_valid(&mut conn.conn).await
-    }
-
-    fn has_broken(&self, conn: &mut PooledRedis) -> bool {
-        conn.broken
-    }
-}
-
-/// Hides every cached entry by bumping the epoch, e.g. after a new data set was loaded, and
-/// forgets the WAL floor, so replicas serve again only once they have replayed a later write.
+/// Hides every cached answer, e.g. after a new data set was loaded: bumps the epoch (so no
+/// read that began before can fill), deletes every product's hash (so no server still on the old
+/// epoch until its next poll can hit), and forgets the WAL floor (so replicas serve again only
+/// once they have replayed a later write).
 pub async fn hide_all(cfg: &CacheConfig) -> anyhow::Result<()> {
     let client = redis::Client::open(cfg.url.expose())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -440,7 +436,49 @@ pub async fn hide_all(cfg: &CacheConfig) -> anyhow::Result<()> {
         .atomic()
         .incr(cfg.epoch_key(), 1)
         .del(cfg.floor_key())
+        .del(cfg.max_lsn_key())
         .query_async::<()>(&mut conn)
         .await?;
-    Ok(())
+    let pattern = format!("{}:{{*}}", cfg.prefix);
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+impl CacheConfig {
+    fn epoch_key(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// The product's hash; the braces are a hash tag, so it maps to one Redis Cluster slot.
+    fn product_key(&self, product: ProductId) -> String {
+        format!("{}:{{{}}}", self.prefix, product.get())
+    }
+
+    /// A WAL position at or past every write made before this Redis started keeping positions.
+    fn floor_key(&self) -> String {
+        format!("{}:lsn-floor", self.prefix)
+    }
+
+    fn max_lsn_key(&self) -> String {
+        format!("{}:lsn-max", self.prefix)
+    }
 }

@@ -1,17 +1,13 @@
 //! The command line: `migrate`, `load`, `serve`, and `dev` (the quick start).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::cache::{Cache, CacheConfig, Hooks};
+use crate::cache::CacheConfig;
 use crate::config::{parse_database_url, parse_redis_url, Secret};
-use crate::db::DbConfig;
-use crate::metrics::Metrics;
 use crate::server::ServeConfig;
-use crate::{db, dev, etl, server};
+use crate::{db, etl, server};
 
 mod usage;
 
@@ -67,7 +63,8 @@ enum Command {
     /// Serve the gRPC API.
     Serve(ServeConfig),
     /// Quick start: a throwaway local PostgreSQL with the sample data, and the server on it.
-    Dev(dev::DevConfig),
+    #[cfg(feature = "dev")]
+    Dev(crate::dev::DevConfig),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -129,51 +126,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(cfg) => serve(cfg).await,
-        Command::Dev(cfg) => dev::run(cfg).await,
+        #[cfg(feature = "dev")]
+        Command::Dev(cfg) => crate::dev::run(cfg).await,
     }
 }
 
-/// Binds the listener and serves until SIGTERM or Ctrl-C.
+/// Builds the server and serves until SIGTERM or Ctrl-C.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
+    server::Application::build(cfg.settings())
+        .await?
+        .run_until(server::shutdown_signal())
         .await
-        .with_context(|| format!("could not listen on {}", cfg.listen))?;
-    let store = store(&cfg.db, cfg.cache.config(), Hooks::default())?;
-    server::serve(
-        listener,
-        store,
-        cfg.server.options(),
-        server::shutdown_signal(),
-    )
-    .await
-}
-
-/// The store on `db`, behind the Redis cache when one is configured.
-pub fn store(
-    cfg: &DbConfig,
-    cache: Option<CacheConfig>,
-    hooks: Hooks,
-) -> anyhow::Result<db::Store> {
-    let metrics = Arc::new(Metrics::default());
-    let mut store = db::Store::new(db::pool(cfg), cfg.query_timeout, metrics.clone());
-    if let Some(read_url) = &cfg.read_url {
-        let replicas = DbConfig {
-            url: read_url.clone(),
-            read_url: None,
-            ..cfg.clone()
-        };
-        store = store.with_replicas(db::pool(&replicas));
-    }
-    Ok(match cache {
-        Some(cache) => {
-            tracing::info!(ttl = ?cache.ttl, "caching reads in Redis");
-            store.with_cache(Cache::new(cache, metrics, hooks)?)
-        }
-        None => {
-            tracing::info!("REDIS_URL is not set: serving without a cache");
-            store
-        }
-    })
 }
 
 fn print_load_report(

@@ -8,6 +8,7 @@ use clap::CommandFactory;
 
 use super::usage::bad_value_message;
 use super::*;
+use crate::db::DbConfig;
 
 /// Tests that set environment variables take turns: clap reads the process's environment.
 static ENV: Mutex<()> = Mutex::new(());
@@ -21,7 +22,7 @@ const SETTINGS: &[&str] = &[
     "REVIEWS_DB_CONNECT_TIMEOUT",
     "REVIEWS_DB_TIMEOUT",
     "REVIEWS_CACHE_TTL",
-    "REVIEWS_REDIS_POOL_SIZE",
+    "REVIEWS_REDIS_CONNECTIONS",
     "REVIEWS_CACHE_PREFIX",
     "REVIEWS_REDIS_TIMEOUT",
     "REVIEWS_HEALTH_INTERVAL",
@@ -75,7 +76,7 @@ fn every_subcommand_parses_from_flags_only() {
                 "--db-connect-timeout=1s",
                 "--db-timeout=4s",
                 "--redis-url=redis://cache:6379/",
-                "--redis-pool-size=5",
+                "--redis-connections=5",
                 "--redis-timeout=50ms",
                 "--cache-ttl=30s",
                 "--cache-prefix=t",
@@ -89,12 +90,12 @@ fn every_subcommand_parses_from_flags_only() {
     );
     assert_eq!(serve.listen.to_string(), "0.0.0.0:6000");
     assert_eq!(serve.db.pool_size, 3);
-    assert_eq!(serve.cache.pool_size, 5);
+    assert_eq!(serve.cache.connections, 5);
     assert_eq!(serve.db.query_timeout, Duration::from_secs(4));
     assert_eq!(serve.cache.timeout, Duration::from_millis(50));
     assert_eq!(serve.server.cors_origins.len(), 2);
     let cache = serve.cache.config().unwrap();
-    assert_eq!((cache.pool_size, cache.prefix.as_str()), (5, "t"));
+    assert_eq!((cache.connections, cache.prefix.as_str()), (5, "t"));
 
     for args in [
         &["migrate", "--database-url", "postgres://u@db/reviews"][..],
@@ -148,7 +149,7 @@ fn every_subcommand_parses_from_the_environment_only() {
         ("REDIS_URL", "redis://redis:6379/"),
         ("REVIEWS_LISTEN", "0.0.0.0:50051"),
         ("REVIEWS_DB_POOL_SIZE", "8"),
-        ("REVIEWS_REDIS_POOL_SIZE", "4"),
+        ("REVIEWS_REDIS_CONNECTIONS", "4"),
         ("REVIEWS_DB_TIMEOUT", "5s"),
         ("REVIEWS_CACHE_TTL", "60s"),
         ("REVIEWS_REDIS_TIMEOUT", "100ms"),
@@ -157,7 +158,7 @@ fn every_subcommand_parses_from_the_environment_only() {
         ("REVIEWS_REJECTS", "/tmp/rejects"),
     ];
     let serve = serve_config(parse_with(&env, &["serve"]).unwrap());
-    assert_eq!((serve.db.pool_size, serve.cache.pool_size), (8, 4));
+    assert_eq!((serve.db.pool_size, serve.cache.connections), (8, 4));
     assert_eq!(
         serve.server.max_connection_age,
         Some(Duration::from_secs(300))
@@ -245,8 +246,13 @@ fn the_command_lines_defaults_are_the_defaults_in_code() {
         CacheConfig::new("redis://c/"),
     );
     assert_eq!(
-        (&parsed.prefix, parsed.ttl, parsed.pool_size, parsed.timeout),
-        (&code.prefix, code.ttl, code.pool_size, code.timeout)
+        (
+            &parsed.prefix,
+            parsed.ttl,
+            parsed.connections,
+            parsed.timeout
+        ),
+        (&code.prefix, code.ttl, code.connections, code.timeout)
     );
     let options = crate::server::ServerOptions::default();
     assert_eq!(

@@ -1,5 +1,6 @@
-//! PostgreSQL: the connection pool, embedded migrations, and the [`Store`] whose methods are the
-//! service's core operations. Every query lives below this module.
+//! PostgreSQL: the connection pools, embedded migrations, and [`Db`], whose methods run the
+//! service's statements under a deadline and pick a fresh replica for reads. Every query lives
+//! below this module.
 
 mod cached;
 mod config;
@@ -17,8 +18,8 @@ use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
-use crate::cache::{Cache, Cacheable, Entry};
 use crate::error::Error;
+use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::reviews::{Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort};
 
@@ -32,7 +33,7 @@ pub type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 /// is down. Checkouts fail fast after `connect_timeout` instead of bb8's silent 30 s retry, and
 /// checking a connection out costs no round trip: only connections already seen closed are
 /// discarded.
-pub fn pool(cfg: &DbConfig) -> Pool {
+fn pool(cfg: &DbConfig) -> Pool {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     manager_config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn| {
         let broken = PoolableConnection::is_broken(conn);
@@ -95,16 +96,25 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
     Ok(applied.iter().map(ToString::to_string).collect())
 }
 
-/// The service's core operations on the review store. Each runs under a deadline, and a missed
-/// deadline is reported as the store being unavailable.
+/// What a write committed: the product whose reads it changes and, when read replicas are in
+/// use, the primary's WAL position just after the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed<T> {
+    pub value: T,
+    pub product: ProductId,
+    pub lsn: Option<Lsn>,
+}
+
+/// The database as the service sees it: the primary's pool, optional read replicas, and the
+/// deadline every statement runs under (a missed deadline reads as the database being
+/// unavailable). It knows nothing of the cache: the service core composes the two.
 #[derive(Clone)]
-pub struct Store {
-    pool: Pool,
-    /// Read replicas, used only through the cache, and only when they have replayed every
-    /// write to the product being read (see `read_conn`).
+pub struct Db {
+    primary: Pool,
+    /// Read replicas, used only for reads whose caller knows the WAL position they need and
+    /// only when a replica has replayed that far (see `read_conn`).
     replicas: Option<Pool>,
     timeout: Duration,
-    cache: Option<Cache>,
     metrics: Arc<Metrics>,
 }
 
@@ -113,31 +123,38 @@ const REPLICA_CHECKOUT: Duration = Duration::from_millis(50);
 
 type Conn<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
-impl Store {
-    pub fn new(pool: Pool, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+impl Db {
+    /// The pools of `cfg` (the replicas' too, when `read_url` is set), built without connecting.
+    pub fn new(cfg: &DbConfig, metrics: Arc<Metrics>) -> Self {
+        let replicas = cfg.read_url.as_ref().map(|url| {
+            pool(&DbConfig {
+                url: url.clone(),
+                read_url: None,
+                ..cfg.clone()
+            })
+        });
         Self {
-            pool,
-            replicas: None,
-            timeout,
-            cache: None,
+            primary: pool(cfg),
+            replicas,
+            timeout: cfg.query_timeout,
             metrics,
         }
     }
 
-    /// Reads may go to `replicas` (`DATABASE_READ_URL`) when the cache can tell they are fresh.
-    pub fn with_replicas(mut self, replicas: Pool) -> Self {
-        self.replicas = Some(replicas);
-        self
+    /// The primary's pool, for tests that look at how its connections are set up.
+    #[cfg(feature = "test-hooks")]
+    pub fn primary(&self) -> &Pool {
+        &self.primary
     }
 
     /// A connection for a read whose data must include WAL position `needed`: a replica that
     /// has replayed that far, else the primary. Without a known position, the primary.
-    async fn read_conn(&self, needed: Option<i64>) -> Result<Conn<'_>, Error> {
+    async fn read_conn(&self, needed: Option<Lsn>) -> Result<Conn<'_>, Error> {
         if let (Some(replicas), Some(needed)) = (&self.replicas, needed) {
             // A replica that is down must not slow reads down: give it little time.
             let checkout = tokio::time::timeout(REPLICA_CHECKOUT, replicas.get()).await;
             if let Ok(Ok(mut conn)) = checkout {
-                if queries::replayed_past(&mut conn, needed)
+                if queries::replayed_past(&mut conn, needed.get())
                     .await
                     .unwrap_or(false)
                 {
@@ -146,140 +163,103 @@ impl Store {
                 }
             }
         }
-        Ok(self.pool.get().await?)
+        Ok(self.primary.get().await?)
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Reads go through `cache` (cache-aside); writes invalidate it before they return.
-    pub fn with_cache(mut self, cache: Cache) -> Self {
-        self.cache = Some(cache);
-        self
-    }
-
-    async fn cached<T, F, Fut>(&self, entry: Entry, load: F) -> Result<T, Error>
-    where
-        T: Cacheable,
-        F: FnOnce(Option<i64>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Error>> + Send,
-    {
-        match &self.cache {
-            Some(cache) => cache.get_or_load(entry, load).await,
-            None => load(None).await,
-        }
-    }
-
-    /// After a committed write: hides the product's cached entries, recording how far the
-    /// primary's WAL had gone when replicas are in use.
-    async fn invalidate(&self, product: i32) {
-        let (Some(cache), Ok(product)) = (&self.cache, ProductId::parse(product)) else {
-            return;
-        };
-        let lsn = match &self.replicas {
-            Some(_) => self
-                .run(async {
-                    let mut conn = self.pool.get().await?;
-                    queries::wal_position(&mut conn).await
-                })
-                .await
-                .ok(),
-            None => None,
-        };
-        cache.invalidate(product, lsn).await;
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
+    /// One page of a product's listable reviews, from a connection that has `needed`.
     pub async fn list_reviews(
         &self,
+        needed: Option<Lsn>,
         product: ProductId,
         page: PageRequest,
         sort: Sort,
     ) -> Result<Vec<Review>, Error> {
-        let load = |needed| {
-            self.run(async move {
-                let mut conn = self.read_conn(needed).await?;
-                queries::list_reviews(&mut conn, product, page, sort).await
-            })
-        };
-        let entry = Entry::List {
-            product,
-            page,
-            sort,
-        };
-        self.cached(entry, load).await
+        self.run(async {
+            let mut conn = self.read_conn(needed).await?;
+            queries::list_reviews(&mut conn, product, page, sort).await
+        })
+        .await
     }
 
-    pub async fn review_meta(&self, product: ProductId) -> Result<Meta, Error> {
-        let load = |needed| {
-            self.run(async move {
-                let mut conn = self.read_conn(needed).await?;
-                queries::review_meta(&mut conn, product).await
-            })
-        };
-        self.cached(Entry::Meta { product }, load).await
+    /// A product's kept aggregates, from a connection that has `needed`.
+    pub async fn review_meta(
+        &self,
+        needed: Option<Lsn>,
+        product: ProductId,
+    ) -> Result<Meta, Error> {
+        self.run(async {
+            let mut conn = self.read_conn(needed).await?;
+            queries::review_meta(&mut conn, product).await
+        })
+        .await
     }
 
     /// Writes the review, its photos, its characteristic values and the kept aggregates in one
     /// transaction; returns the new review's id.
-    pub async fn create_review(&self, review: &NewReview) -> Result<i32, Error> {
-        let (store, review) = (self.clone(), review.clone());
-        detached(async move {
-            let id = store
-                .run(async {
-                    let mut conn = store.pool.get().await?;
-                    writes::create_review(&mut conn, &review).await
-                })
-                .await?;
-            store.invalidate(review.product_id.get()).await;
-            Ok(id)
-        })
-        .await
+    pub async fn create_review(&self, review: &NewReview) -> Result<Committed<ReviewId>, Error> {
+        let id = self
+            .run(async {
+                let mut conn = self.primary.get().await?;
+                writes::create_review(&mut conn, review).await
+            })
+            .await?;
+        let id = ReviewId::parse(id)?;
+        self.committed(id, review.product_id).await
     }
 
-    pub async fn mark_helpful(&self, id: ReviewId) -> Result<(), Error> {
-        let store = self.clone();
-        detached(async move {
-            let product = store
-                .run(async {
-                    let mut conn = store.pool.get().await?;
-                    writes::mark_helpful(&mut conn, id).await
-                })
-                .await?;
-            store.invalidate(product).await;
-            Ok(())
-        })
-        .await
+    /// Adds one to a review's helpfulness.
+    pub async fn mark_helpful(&self, id: ReviewId) -> Result<Committed<()>, Error> {
+        let product = self
+            .run(async {
+                let mut conn = self.primary.get().await?;
+                writes::mark_helpful(&mut conn, id).await
+            })
+            .await?;
+        self.committed((), ProductId::parse(product)?).await
     }
 
-    pub async fn report(&self, id: ReviewId) -> Result<(), Error> {
-        let store = self.clone();
-        detached(async move {
-            let changed = store
-                .run(async {
-                    let mut conn = store.pool.get().await?;
-                    writes::report(&mut conn, id).await
-                })
-                .await?;
-            if let Some(product) = changed {
-                store.invalidate(product).await;
-            }
-            Ok(())
-        })
-        .await
+    /// Hides a review; `None` when it was hidden already (nothing changed).
+    pub async fn report(&self, id: ReviewId) -> Result<Option<Committed<()>>, Error> {
+        let product = self
+            .run(async {
+                let mut conn = self.primary.get().await?;
+                writes::report(&mut conn, id).await
+            })
+            .await?;
+        match product {
+            Some(product) => Ok(Some(self.committed((), ProductId::parse(product)?).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Whether the database answers a trivial query within the deadline.
     pub async fn ping(&self) -> Result<(), Error> {
         self.run(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.primary.get().await?;
             queries::ping(&mut conn).await
         })
         .await
+    }
+
+    /// The write's result with the primary's WAL position when replicas need it. A position
+    /// that cannot be read is left out: readers then go to the primary, which is always fresh.
+    async fn committed<T>(&self, value: T, product: ProductId) -> Result<Committed<T>, Error> {
+        let lsn = match &self.replicas {
+            Some(_) => self
+                .run(async {
+                    let mut conn = self.primary.get().await?;
+                    queries::wal_position(&mut conn).await
+                })
+                .await
+                .ok()
+                .map(Lsn::new),
+            None => None,
+        };
+        Ok(Committed {
+            value,
+            product,
+            lsn,
+        })
     }
 
     async fn run<T>(
@@ -295,14 +275,4 @@ impl Store {
                 )))
             })
     }
-}
-
-/// Runs a write to completion even if the caller goes away: a write that committed must also
-/// invalidate the cache, whatever happens to the request that asked for it.
-async fn detached<T: Send + 'static>(
-    write: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::spawn(write)
-        .await
-        .unwrap_or_else(|e| Err(Error::Internal(format!("write task failed: {e}"))))
 }

@@ -1,12 +1,10 @@
-//! The HTTP face of the service on the gRPC port: the JSON edge transcoded from the proto's
+//! The HTTP face of the service on the gRPC port: the JSON edge generated from the proto's
 //! `google.api.http` routes, gRPC-Web for browsers, CORS, probes and the OpenAPI document.
 
-mod json_in;
-mod json_out;
-pub mod openapi;
+mod codec;
+pub mod edge;
+mod handlers;
 mod response;
-pub mod routes;
-mod transcode;
 
 use std::sync::Arc;
 
@@ -17,11 +15,16 @@ use http::header::{self, HeaderName, CONTENT_TYPE};
 use http::{HeaderValue, Method, StatusCode};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use handlers::{Json, JsonHandlers};
 pub use response::INVALID_PRODUCT_ID;
-pub use transcode::JsonEdge;
 
+use self::edge::Edge;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::service::Service;
+
+/// The OpenAPI 3 document of the JSON edge, generated at build time from the same routes.
+pub const OPENAPI: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
 
 /// The largest JSON body accepted by default, in bytes.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
@@ -47,17 +50,15 @@ impl Default for HttpConfig {
 #[derive(Clone)]
 struct Probes {
     readiness: Readiness,
-    openapi: Arc<String>,
     metrics: Arc<Metrics>,
 }
 
 /// One router for everything: the gRPC services (plain and gRPC-Web), the fixed HTTP routes, and
-/// the JSON edge as the fallback. `grpc` must be the plain gRPC router: the JSON edge calls it
-/// in-process, and only its copy here is wrapped in the gRPC-Web layer, which would answer 400 to
-/// plain HTTP requests.
+/// the JSON edge, which calls `service` directly, as the fallback. Only the gRPC router is
+/// wrapped in the gRPC-Web layer, which would answer 400 to plain HTTP requests.
 pub fn router(
     grpc: axum::Router,
-    edge: JsonEdge,
+    service: Service,
     readiness: Readiness,
     metrics: Arc<Metrics>,
     cfg: &HttpConfig,
@@ -67,11 +68,7 @@ pub fn router(
         counted.requests.inc();
         request
     });
-    let probes = Probes {
-        readiness,
-        openapi: Arc::new(openapi::document(edge.routes()).to_string()),
-        metrics,
-    };
+    let probes = Probes { readiness, metrics };
     let fixed = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -79,8 +76,12 @@ pub fn router(
         .route("/metrics", get(metrics_text))
         .with_state(probes);
     let grpc_web = grpc.layer(tonic_web::GrpcWebLayer::new());
+    let edge = Edge {
+        api: JsonHandlers::new(service),
+        max_body: cfg.max_body,
+    };
     let json = axum::Router::new()
-        .fallback(transcode::handle)
+        .fallback(edge::handle::<JsonHandlers>)
         .with_state(Arc::new(edge));
     fixed
         .merge(grpc_web)
@@ -137,10 +138,10 @@ async fn readyz(State(p): State<Probes>) -> Response {
     }
 }
 
-async fn openapi_json(State(p): State<Probes>) -> Response {
+async fn openapi_json() -> Response {
     (
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        p.openapi.as_str().to_owned(),
+        OPENAPI,
     )
         .into_response()
 }

@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-use reviews::cache::{CacheConfig, Hooks};
+use reviews::cache::CacheConfig;
 use reviews::db::DbConfig;
 use reviews::local::{self, LocalPostgres, LocalRedis};
 use reviews::pb::review_service_client::ReviewServiceClient;
 use reviews::pb::{self, Sort};
-use reviews::server::ServerOptions;
+use reviews::server::{Application, ServerOptions, Settings};
+use reviews::service::Hooks;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -185,20 +186,24 @@ impl TestServer {
         .await
     }
 
+    /// The server as `reviews serve` builds it, on a free port.
     pub async fn launch(setup: Setup) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let db_url = setup.db.url.expose().to_string();
-        let store = reviews::cli::store(&setup.db, setup.cache, setup.hooks).unwrap();
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db: setup.db,
+            cache: setup.cache,
+            options: setup.options,
+        };
+        let app = Application::build(settings)
+            .await
+            .unwrap()
+            .with_hooks(setup.hooks);
+        let addr = app.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(reviews::server::serve(
-            listener,
-            store,
-            setup.options,
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
         let client = ReviewServiceClient::new(channel(addr).await);
         Self {
             addr,

@@ -1,14 +1,16 @@
-//! The OpenAPI 3 document of the JSON edge, generated from the same routes and message
-//! descriptors that drive it, so the document cannot drift from what is served.
+//! The OpenAPI 3 document of the JSON edge, generated at build time from the same routes and
+//! message descriptors the edge's code is generated from, so it cannot drift from what is served.
 
 use std::collections::BTreeMap;
 
-use http::Method;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{json, Value};
 
-use super::json_in::{enum_prefix, enum_short_names, wrapped_kind};
-use super::routes::{BodyRule, Route, Segment};
+use crate::proto::{enum_prefix, enum_short_names, wrapped_kind};
+use crate::routes::{BodyRule, Route, Segment};
+
+/// The legacy API's answer to a bad product id (`http::INVALID_PRODUCT_ID`, checked by a test).
+const INVALID_PRODUCT_ID: &str = "Error: invalid product_id provided";
 
 pub fn document(routes: &[Route]) -> Value {
     let mut schemas = BTreeMap::new();
@@ -18,7 +20,7 @@ pub fn document(routes: &[Route]) -> Value {
         paths
             .entry(route.template.clone())
             .or_default()
-            .insert(route.method.as_str().to_ascii_lowercase(), op);
+            .insert(route.method.to_ascii_lowercase(), op);
     }
     schemas.insert(
         "Error".into(),
@@ -81,7 +83,7 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>) -> Value {
     let output = route.rpc.output();
     let (code, description) = if output.full_name() == "google.protobuf.Empty" {
         ("204", "Done; no body.")
-    } else if route.method == Method::POST {
+    } else if route.method == "POST" {
         ("201", "Created.")
     } else {
         ("200", "OK.")
@@ -96,7 +98,7 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>) -> Value {
     };
     let mut invalid = error("Invalid input; `fields` names each invalid field.");
     invalid["content"]["text/plain"] = json!({
-        "schema": {"type": "string", "enum": [super::INVALID_PRODUCT_ID]}
+        "schema": {"type": "string", "enum": [INVALID_PRODUCT_ID]}
     });
     let mut op = json!({
         "operationId": route.rpc.name(),

@@ -1,9 +1,9 @@
 //! The JSON edge's routes, read from the `google.api.http` options of the service descriptor at
-//! start-up, as grpc-gateway and Envoy's transcoder do: annotating an RPC adds its route.
+//! build time, as grpc-gateway does: annotating an RPC adds its route.
 
-use anyhow::{anyhow, bail};
-use http::Method;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
+
+type Result<T> = std::result::Result<T, String>;
 
 /// One segment of a path template: a literal, or a variable bound to a request field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,47 +25,16 @@ pub enum BodyRule {
 
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub method: Method,
+    /// `GET`, `PUT`, `POST`, `DELETE` or `PATCH`.
+    pub method: &'static str,
     pub template: String,
     pub segments: Vec<Segment>,
     pub body: BodyRule,
     pub rpc: MethodDescriptor,
 }
 
-impl Route {
-    /// The gRPC path of the RPC this route calls, e.g. `/reviews.v1.ReviewService/ListReviews`.
-    pub fn grpc_path(&self) -> String {
-        format!(
-            "/{}/{}",
-            self.rpc.parent_service().full_name(),
-            self.rpc.name()
-        )
-    }
-
-    /// The path variables bound by `path`, or `None` when it does not match this template.
-    pub fn match_path<'a>(&'a self, path: &str) -> Option<Vec<(&'a str, String)>> {
-        let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-        if parts.len() != self.segments.len() {
-            return None;
-        }
-        let mut bound = Vec::new();
-        for (segment, part) in self.segments.iter().zip(parts) {
-            let decoded = percent_encoding::percent_decode_str(part)
-                .decode_utf8()
-                .ok()?
-                .into_owned();
-            match segment {
-                Segment::Literal(lit) if *lit == decoded => {}
-                Segment::Literal(_) => return None,
-                Segment::Field(name) => bound.push((name.as_str(), decoded)),
-            }
-        }
-        Some(bound)
-    }
-}
-
 /// Every route of every service in `pool`, in declaration order.
-pub fn from_descriptors(pool: &DescriptorPool) -> anyhow::Result<Vec<Route>> {
+pub fn from_descriptors(pool: &DescriptorPool) -> Result<Vec<Route>> {
     let Some(http) = pool.get_extension_by_name("google.api.http") else {
         return Ok(Vec::new());
     };
@@ -77,7 +46,10 @@ pub fn from_descriptors(pool: &DescriptorPool) -> anyhow::Result<Vec<Route>> {
                 continue;
             }
             let Value::Message(rule) = options.get_extension(&http).into_owned() else {
-                bail!("{}: google.api.http is not a message", rpc.full_name());
+                return Err(format!(
+                    "{}: google.api.http is not a message",
+                    rpc.full_name()
+                ));
             };
             add_rule(&mut routes, &rpc, &rule)?;
         }
@@ -85,26 +57,22 @@ pub fn from_descriptors(pool: &DescriptorPool) -> anyhow::Result<Vec<Route>> {
     Ok(routes)
 }
 
-fn add_rule(
-    routes: &mut Vec<Route>,
-    rpc: &MethodDescriptor,
-    rule: &DynamicMessage,
-) -> anyhow::Result<()> {
+fn add_rule(routes: &mut Vec<Route>, rpc: &MethodDescriptor, rule: &DynamicMessage) -> Result<()> {
     let text = |name: &str| match rule.get_field_by_name(name).as_deref() {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,
     };
     let (method, template) = [
-        (Method::GET, "get"),
-        (Method::PUT, "put"),
-        (Method::POST, "post"),
-        (Method::DELETE, "delete"),
-        (Method::PATCH, "patch"),
+        ("GET", "get"),
+        ("PUT", "put"),
+        ("POST", "post"),
+        ("DELETE", "delete"),
+        ("PATCH", "patch"),
     ]
     .into_iter()
     .find_map(|(method, field)| Some((method, text(field)?)))
     .ok_or_else(|| {
-        anyhow!(
+        format!(
             "{}: google.api.http names no supported method",
             rpc.full_name()
         )
@@ -115,14 +83,14 @@ fn add_rule(
         Some(field) => BodyRule::Field(field.to_string()),
     };
     let segments = parse_template(&template)
-        .map_err(|e| anyhow!("{}: path template {template:?}: {e}", rpc.full_name()))?;
+        .map_err(|e| format!("{}: path template {template:?}: {e}", rpc.full_name()))?;
     for segment in &segments {
         if let Segment::Field(name) = segment {
             if rpc.input().get_field_by_name(name).is_none() {
-                bail!(
+                return Err(format!(
                     "{}: path variable {{{name}}} is not a request field",
                     rpc.full_name()
-                );
+                ));
             }
         }
     }
@@ -145,7 +113,7 @@ fn add_rule(
 
 /// Parses `/literal/{field}/literal` templates; the richer forms (`{f=pattern}`, `**`, `:verb`)
 /// are refused so that an unsupported annotation fails at start-up, not per request.
-fn parse_template(template: &str) -> Result<Vec<Segment>, String> {
+fn parse_template(template: &str) -> Result<Vec<Segment>> {
     let rest = template.strip_prefix('/').ok_or("must start with '/'")?;
     rest.split('/')
         .map(|part| {
@@ -161,24 +129,4 @@ fn parse_template(template: &str) -> Result<Vec<Segment>, String> {
             }
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_parse_into_literals_and_fields() {
-        assert_eq!(
-            parse_template("/reviews/{review_id}/helpful").unwrap(),
-            [
-                Segment::Literal("reviews".into()),
-                Segment::Field("review_id".into()),
-                Segment::Literal("helpful".into())
-            ]
-        );
-        for bad in ["reviews", "/a/{b=*}", "/a/**", "/a:verb", "/a//b", "/{}"] {
-            assert!(parse_template(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -1,12 +1,19 @@
 //! Compiles the protos without a system `protoc`: protox parses them, tonic-prost-build generates
 //! the messages and the service, and the encoded descriptor set (with its `google.api.http`
-//! options intact) is kept for reflection and the JSON edge.
+//! options intact) is kept for reflection. From the same descriptors it generates the JSON edge
+//! (routes, typed parsing and writing, dispatch) and its OpenAPI document.
+
+mod codegen;
+mod openapi;
+mod proto;
+mod routes;
 
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/reviews/v1/reviews.proto";
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build");
 
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_imports(true).include_source_info(true);
@@ -14,9 +21,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Encoding through protox keeps extension options; re-encoding prost-types' copy drops them.
     let out = PathBuf::from(env::var("OUT_DIR")?);
+    let descriptors = compiler.encode_file_descriptor_set();
+    fs::write(out.join("reviews_descriptor.bin"), &descriptors)?;
+
+    let pool = prost_reflect::DescriptorPool::decode(descriptors.as_slice())?;
+    let routes = routes::from_descriptors(&pool)?;
+    fs::write(out.join("json_edge.rs"), codegen::generate(&routes)?)?;
     fs::write(
-        out.join("reviews_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
+        out.join("openapi.json"),
+        openapi::document(&routes).to_string(),
     )?;
 
     tonic_prost_build::configure()

@@ -1,0 +1,299 @@
+//! The JSON edge: matches an HTTP request to an annotated RPC, parses its path, query and body
+//! straight into the generated request message, calls the handler, and writes the reply (typed,
+//! or the bytes the cache kept) as the legacy API did. The route table, the handler trait and
+//! the typed parsing and writing are generated at build time from the proto's `google.api.http`
+//! options (`build/codegen.rs`), so annotating an RPC adds its route.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+
+use super::codec::{FromHttp, Seen, WriteJson};
+use super::response::{error_response, json_error};
+use crate::error::{Error, FieldViolation};
+use crate::service::Context;
+
+pub use generated::{dispatch, Call, JsonApi, ROUTES};
+
+/// The generated route table, handler trait, dispatch and message codecs.
+#[allow(clippy::all, unused_parens, unused_variables, unreachable_code)]
+mod generated {
+    use super::*;
+    use crate::http::codec::*;
+    include!(concat!(env!("OUT_DIR"), "/json_edge.rs"));
+}
+
+/// One segment of a path template: a literal, or a variable bound to a request field.
+#[derive(Debug)]
+pub enum Segment {
+    Literal(&'static str),
+    Field(&'static str),
+}
+
+/// Which part of the request the HTTP body fills.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyRule {
+    /// No body: every field not in the path comes from the query string.
+    None,
+    /// `body: "*"`: the body is the whole request message.
+    Whole,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub method: Method,
+    pub template: &'static str,
+    pub segments: &'static [Segment],
+    pub body: BodyRule,
+    pub call: Call,
+}
+
+impl Route {
+    /// The path variables bound by `path`, or `None` when it does not match this template.
+    fn match_path(&self, path: &str) -> Option<Vec<(&'static str, String)>> {
+        let parts = path.strip_prefix('/')?.split('/');
+        if parts.clone().count() != self.segments.len() {
+            return None;
+        }
+        let mut bound = Vec::new();
+        for (segment, part) in self.segments.iter().zip(parts) {
+            let decoded = percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .ok()?;
+            match segment {
+                Segment::Literal(lit) if *lit == decoded => {}
+                Segment::Literal(_) => return None,
+                Segment::Field(name) => bound.push((*name, decoded.into_owned())),
+            }
+        }
+        Some(bound)
+    }
+}
+
+/// A handler's answer: a message to write, or the JSON the cache kept for it.
+pub enum Reply<T> {
+    Message(T),
+    Json(Bytes),
+}
+
+/// The edge's state: the handlers and the body limit.
+pub struct Edge<A> {
+    pub api: A,
+    pub max_body: usize,
+}
+
+/// The fallback handler: every request that is not gRPC, gRPC-Web or a fixed route lands here.
+pub async fn handle<A: JsonApi>(
+    State(edge): State<Arc<Edge<A>>>,
+    request: Request<Body>,
+) -> Response {
+    let path = request.uri().path();
+    let matched: Vec<_> = ROUTES
+        .iter()
+        .filter_map(|r| Some((r, r.match_path(path)?)))
+        .collect();
+    if matched.is_empty() {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+        );
+    }
+    // HEAD is a GET without the body (hyper leaves the body out).
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
+    let Some((route, bound)) = matched.iter().find(|(r, _)| r.method == method) else {
+        return method_not_allowed(request.method(), path, &matched);
+    };
+    let ctx = Context::from_headers(request.headers());
+    let input = Input {
+        route,
+        bound: bound.clone(),
+        request,
+        max_body: edge.max_body,
+    };
+    dispatch(&edge.api, route.call, ctx, input).await
+}
+
+fn method_not_allowed(
+    method: &Method,
+    path: &str,
+    matched: &[(&Route, Vec<(&str, String)>)],
+) -> Response {
+    let allowed: Vec<&str> = matched.iter().map(|(r, _)| r.method.as_str()).collect();
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!(
+            "{method} is not allowed on {path}; use {}",
+            allowed.join(", ")
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+        response.headers_mut().insert(ALLOW, v);
+    }
+    response
+}
+
+/// A matched request, not yet parsed.
+pub struct Input<'a> {
+    route: &'a Route,
+    bound: Vec<(&'static str, String)>,
+    request: Request<Body>,
+    max_body: usize,
+}
+
+impl Input<'_> {
+    /// The request message from the path variables, the query string and the body, or the
+    /// answer that lists every problem.
+    pub async fn decode<M: FromHttp>(self) -> Result<M, Response> {
+        let mut message = M::default();
+        let mut violations: Vec<FieldViolation> = Vec::new();
+        let mut seen = Seen::default();
+        for (field, value) in &self.bound {
+            if let Err(v) = message.set_param(field, value, &mut seen) {
+                violations.push(v);
+            }
+        }
+        let (parts, body) = self.request.into_parts();
+        if let Some(query) = parts.uri.query() {
+            for (key, value) in query_pairs(query, &mut violations) {
+                if self.route.body == BodyRule::Whole {
+                    violations.push(FieldViolation::new(key, "is not a parameter of this route"));
+                } else if let Err(v) = message.set_param(&key, &value, &mut seen) {
+                    violations.push(v);
+                }
+            }
+        }
+        if self.route.body == BodyRule::Whole {
+            match read_json(self.max_body, &parts.headers, body).await? {
+                serde_json::Value::Object(object) => {
+                    message.merge_json(object, "", &mut violations)
+                }
+                _ => violations.push(FieldViolation::new("body", "must be a JSON object")),
+            }
+        }
+        if violations.is_empty() {
+            Ok(message)
+        } else {
+            Err(error_response(Error::Invalid(violations)))
+        }
+    }
+}
+
+/// The decoded `key=value` pairs; an undecodable pair is reported and skipped.
+fn query_pairs(query: &str, violations: &mut Vec<FieldViolation>) -> Vec<(String, String)> {
+    let decode = |raw: &str| {
+        let spaced = raw.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    let mut pairs = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (decode(key), decode(value)) {
+            (Some(key), Some(value)) => pairs.push((key, value)),
+            _ => violations.push(FieldViolation::new(
+                "query",
+                "is not valid percent-encoded UTF-8",
+            )),
+        }
+    }
+    pairs
+}
+
+/// The body as JSON: a JSON content type (when one is given), at most `max_body` bytes, and
+/// well-formed.
+async fn read_json(
+    max_body: usize,
+    headers: &http::HeaderMap,
+    body: Body,
+) -> Result<serde_json::Value, Response> {
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        let json = ct
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be application/json",
+            ));
+        }
+    }
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("the body must be at most {max_body} bytes"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(_) => {
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body could not be read",
+            ))
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(error_response(Error::invalid(
+            "body",
+            "a JSON object is required",
+        )));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error_response(Error::invalid("body", format!("is not valid JSON: {e}"))))
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
+/// `status` with the reply as JSON, or the error's answer.
+fn reply<T: WriteJson>(result: Result<Reply<T>, Error>, status: StatusCode) -> Response {
+    let body = match result {
+        Ok(Reply::Json(bytes)) => bytes,
+        Ok(Reply::Message(message)) => {
+            let mut out = Vec::with_capacity(256);
+            message.write_json(&mut out);
+            out.into()
+        }
+        Err(e) => return error_response(e),
+    };
+    (status, [(CONTENT_TYPE, JSON)], body).into_response()
+}
+
+/// 204 with no body, or the error's answer.
+fn no_content(result: Result<(), Error>) -> Response {
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// The legacy JSON of a reply, as the cache keeps it.
+pub fn to_json<T: WriteJson>(message: &T) -> Bytes {
+    let mut out = Vec::with_capacity(512);
+    message.write_json(&mut out);
+    out.into()
+}

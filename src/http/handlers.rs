@@ -1,0 +1,89 @@
+//! The JSON face's handlers: each turns the generated request message into domain types, calls
+//! one [`Service`] operation, and returns the reply (for reads, the JSON the cache keeps).
+
+use bytes::Bytes;
+
+use super::edge::{to_json, JsonApi, Reply};
+use crate::error::Error;
+use crate::pb;
+use crate::reviews::{ListQuery, Meta, ProductId, Review};
+use crate::service::{Context, Encoding, Service};
+use crate::wire;
+
+/// Replies as the legacy JSON bodies: what the cache keeps for JSON callers, so a hit is sent
+/// as it is.
+pub struct Json;
+
+impl Encoding for Json {
+    const FORMAT: &'static str = "json1";
+
+    fn list(query: &ListQuery, reviews: Vec<Review>) -> Bytes {
+        to_json(&wire::list_response(query, reviews))
+    }
+
+    fn meta(product: ProductId, meta: Meta) -> Bytes {
+        to_json(&wire::review_meta(product, meta))
+    }
+}
+
+pub struct JsonHandlers {
+    service: Service,
+}
+
+impl JsonHandlers {
+    pub fn new(service: Service) -> Self {
+        Self { service }
+    }
+}
+
+impl JsonApi for JsonHandlers {
+    async fn list_reviews(
+        &self,
+        ctx: Context,
+        request: pb::ListReviewsRequest,
+    ) -> Result<Reply<pb::ListReviewsResponse>, Error> {
+        let query = wire::list_query(&request)?;
+        let body = self.service.list_reviews::<Json>(&ctx, query).await?;
+        Ok(Reply::Json(body))
+    }
+
+    async fn get_review_meta(
+        &self,
+        ctx: Context,
+        request: pb::GetReviewMetaRequest,
+    ) -> Result<Reply<pb::ReviewMeta>, Error> {
+        let product = wire::product_id(request.product_id)?;
+        let body = self.service.get_review_meta::<Json>(&ctx, product).await?;
+        Ok(Reply::Json(body))
+    }
+
+    async fn create_review(
+        &self,
+        ctx: Context,
+        request: pb::CreateReviewRequest,
+    ) -> Result<Reply<pb::CreateReviewResponse>, Error> {
+        let review = wire::new_review(request)?;
+        let id = self.service.create_review(&ctx, review).await?;
+        Ok(Reply::Message(pb::CreateReviewResponse {
+            review_id: id.get(),
+        }))
+    }
+
+    async fn mark_review_helpful(
+        &self,
+        ctx: Context,
+        request: pb::MarkReviewHelpfulRequest,
+    ) -> Result<(), Error> {
+        let id = wire::review_id(request.review_id)?;
+        self.service.mark_review_helpful(&ctx, id).await
+    }
+
+    async fn report_review(
+        &self,
+        ctx: Context,
+        request: pb::ReportReviewRequest,
+    ) -> Result<(), Error> {
+        let id = wire::review_id(request.review_id)?;
+        self.service.report_review(&ctx, id).await
+    }
+}

@@ -1,0 +1,256 @@
+//! The service core: the five operations of `reviews.v1.ReviewService` on domain types, called
+//! by both faces (the gRPC handlers and the JSON edge). Reads are cache-aside in plain sight:
+//! look up, load on a miss (from a replica fresh enough, sharing one load between concurrent
+//! misses), answer, and fill the cache off the response path. Writes commit, then invalidate,
+//! then return; they run to completion even when the caller goes away.
+
+#[cfg(feature = "test-hooks")]
+mod hooks;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::Instrument;
+
+#[cfg(feature = "test-hooks")]
+pub use hooks::Hooks;
+
+use crate::cache::{Cache, Entry, Lookup};
+use crate::db::{Committed, Db};
+use crate::error::Error;
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::reviews::{ListQuery, Meta, NewReview, ProductId, Review, ReviewId};
+
+/// How a face sends a read's answer. The cache keeps answers in this form, so a hit is the
+/// face's own bytes, with nothing decoded or re-encoded.
+pub trait Encoding {
+    /// Names the encoding and its version in cache keys, so that a service version that
+    /// encodes differently never reads another's entries.
+    const FORMAT: &'static str;
+    fn list(query: &ListQuery, reviews: Vec<Review>) -> Bytes;
+    fn meta(product: ProductId, meta: Meta) -> Bytes;
+}
+
+/// What a call carries besides its message: the caller's request id and trace context, from
+/// HTTP headers or gRPC metadata alike.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub request_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+impl Context {
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(128).collect())
+        };
+        Self {
+            request_id: text("x-request-id"),
+            traceparent: text("traceparent"),
+        }
+    }
+
+    /// The span of a write: its log lines name the operation and the caller's ids.
+    fn span(&self, operation: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "call",
+            operation,
+            request_id = self.request_id.as_deref(),
+            traceparent = self.traceparent.as_deref()
+        )
+    }
+
+    /// The span of a read, at debug level: reads are the hot path.
+    fn read_span(&self, operation: &'static str) -> tracing::Span {
+        tracing::debug_span!(
+            "call",
+            operation,
+            request_id = self.request_id.as_deref(),
+            traceparent = self.traceparent.as_deref()
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct Service {
+    db: Db,
+    cache: Option<Cache>,
+    metrics: Arc<Metrics>,
+    #[cfg(feature = "test-hooks")]
+    hooks: Hooks,
+}
+
+impl Service {
+    pub fn new(db: Db, cache: Option<Cache>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            db,
+            cache,
+            metrics,
+            #[cfg(feature = "test-hooks")]
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// Pauses in the read path, for tests that make races deterministic.
+    #[cfg(feature = "test-hooks")]
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// One page of a product's listable reviews, as `E` sends it.
+    pub async fn list_reviews<E: Encoding>(
+        &self,
+        ctx: &Context,
+        query: ListQuery,
+    ) -> Result<Bytes, Error> {
+        let entry = Entry::List {
+            product: query.product,
+            page: query.page,
+            sort: query.sort,
+        };
+        let load = |needed| async move {
+            let reviews = self
+                .db
+                .list_reviews(needed, query.product, query.page, query.sort)
+                .await?;
+            Ok(E::list(&query, reviews))
+        };
+        self.read(entry, E::FORMAT, load)
+            .instrument(ctx.read_span("ListReviews"))
+            .await
+    }
+
+    /// A product's rating breakdown and characteristic averages, as `E` sends them.
+    pub async fn get_review_meta<E: Encoding>(
+        &self,
+        ctx: &Context,
+        product: ProductId,
+    ) -> Result<Bytes, Error> {
+        let load = |needed| async move {
+            let meta = self.db.review_meta(needed, product).await?;
+            Ok(E::meta(product, meta))
+        };
+        self.read(Entry::Meta { product }, E::FORMAT, load)
+            .instrument(ctx.read_span("GetReviewMeta"))
+            .await
+    }
+
+    /// Posts a review with its photos and characteristic ratings, all or nothing.
+    pub async fn create_review(&self, ctx: &Context, review: NewReview) -> Result<ReviewId, Error> {
+        let product = review.product_id;
+        let this = self.clone();
+        let id = detached(async move {
+            let committed = this.db.create_review(&review).await?;
+            Ok(this.invalidate(committed).await)
+        })
+        .instrument(ctx.span("CreateReview"))
+        .await?;
+        tracing::info!(
+            review_id = id.get(),
+            product_id = product.get(),
+            request_id = ctx.request_id.as_deref(),
+            "review created"
+        );
+        Ok(id)
+    }
+
+    pub async fn mark_review_helpful(&self, ctx: &Context, id: ReviewId) -> Result<(), Error> {
+        let this = self.clone();
+        detached(async move {
+            let committed = this.db.mark_helpful(id).await?;
+            this.invalidate(committed).await;
+            Ok(())
+        })
+        .instrument(ctx.span("MarkReviewHelpful"))
+        .await
+    }
+
+    /// Hides a review from lists and meta counts; reporting twice changes nothing more.
+    pub async fn report_review(&self, ctx: &Context, id: ReviewId) -> Result<(), Error> {
+        let this = self.clone();
+        detached(async move {
+            if let Some(committed) = this.db.report(id).await? {
+                this.invalidate(committed).await;
+            }
+            Ok(())
+        })
+        .instrument(ctx.span("ReportReview"))
+        .await?;
+        tracing::info!(
+            review_id = id.get(),
+            request_id = ctx.request_id.as_deref(),
+            "review reported"
+        );
+        Ok(())
+    }
+
+    /// The cached answer, or the loaded one (shared by concurrent misses of the same answer),
+    /// which is then filled in the background. `load` is told the WAL position its data must
+    /// include when the cache knows it, so a replica that has replayed that far may answer.
+    async fn read<L, Fut>(&self, entry: Entry, format: &str, load: L) -> Result<Bytes, Error>
+    where
+        L: FnOnce(Option<Lsn>) -> Fut,
+        Fut: Future<Output = Result<Bytes, Error>>,
+    {
+        let Some(cache) = &self.cache else {
+            return load(None).await;
+        };
+        let miss = match cache.lookup(&entry, format).await {
+            Lookup::Hit(answer) => return Ok(answer),
+            Lookup::Skip => return load(None).await,
+            Lookup::Miss(miss) => miss,
+        };
+        let loading = async {
+            self.metrics.cache.loads.inc();
+            #[cfg(feature = "test-hooks")]
+            self.hooks.during_load().await;
+            load(miss.needed).await
+        };
+        let coalesced = || self.metrics.cache.coalesced.inc();
+        let (answer, flight) = cache
+            .flights()
+            .run(&miss.flight_key(), loading, coalesced)
+            .await;
+        if let (Ok(bytes), Some(flight)) = (&answer, flight) {
+            let (cache, bytes) = (cache.clone(), bytes.clone());
+            #[cfg(feature = "test-hooks")]
+            let hooks = self.hooks.clone();
+            tokio::spawn(async move {
+                #[cfg(feature = "test-hooks")]
+                hooks.before_fill().await;
+                cache.fill(&miss, &bytes).await;
+                drop(flight); // later misses load again only once the fill has landed
+            });
+        }
+        answer
+    }
+
+    /// After a committed write: hides the product's cached answers and records the write's WAL
+    /// position for replica reads.
+    async fn invalidate<T>(&self, committed: Committed<T>) -> T {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(committed.product, committed.lsn).await;
+        }
+        committed.value
+    }
+}
+
+/// Runs a write to completion even if the caller goes away: a write that committed must also
+/// invalidate the cache, whatever happens to the request that asked for it.
+async fn detached<T: Send + 'static>(
+    write: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(write)
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("write task failed: {e}"))))
+}

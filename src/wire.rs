@@ -1,0 +1,117 @@
+//! The wire messages of both faces, the generated `reviews.v1` types, to and from domain types.
+//! The gRPC face sends them as protobuf, the JSON edge as the legacy JSON; both parse requests
+//! with these functions, so a request means the same through either face.
+
+use crate::error::{Error, FieldViolation};
+use crate::pb;
+use crate::reviews::{
+    ListQuery, Meta, NewReview, PageRequest, ProductId, RawNewReview, Review, ReviewId, Sort,
+};
+
+/// Validates a list request, reporting a bad page, count and sort together.
+pub fn list_query(req: &pb::ListReviewsRequest) -> Result<ListQuery, Error> {
+    let product = ProductId::parse(req.product_id)?;
+    let page = PageRequest::parse(req.page, req.count);
+    let sort = match pb::Sort::try_from(req.sort) {
+        Ok(pb::Sort::Unspecified | pb::Sort::Relevant) => Ok(Sort::Relevant),
+        Ok(pb::Sort::Newest) => Ok(Sort::Newest),
+        Ok(pb::Sort::Helpful) => Ok(Sort::Helpful),
+        Err(_) => Err(FieldViolation::new(
+            "sort",
+            "must be one of relevant, newest, helpful",
+        )),
+    };
+    match (page, sort) {
+        (Ok(page), Ok(sort)) => Ok(ListQuery {
+            product,
+            page,
+            sort,
+        }),
+        (page, sort) => {
+            let mut violations = page.err().map(|e| e.violations()).unwrap_or_default();
+            violations.extend(sort.err());
+            Err(Error::Invalid(violations))
+        }
+    }
+}
+
+pub fn product_id(raw: i32) -> Result<ProductId, Error> {
+    ProductId::parse(raw)
+}
+
+pub fn review_id(raw: i32) -> Result<ReviewId, Error> {
+    ReviewId::parse(raw)
+}
+
+pub fn new_review(r: pb::CreateReviewRequest) -> Result<NewReview, Error> {
+    NewReview::parse(RawNewReview {
+        product_id: r.product_id,
+        rating: r.rating,
+        summary: r.summary,
+        body: r.body,
+        recommend: r.recommend,
+        name: r.name,
+        email: r.email,
+        photos: r.photos,
+        characteristics: r.characteristics.into_iter().collect(),
+    })
+}
+
+pub fn list_response(query: &ListQuery, reviews: Vec<Review>) -> pb::ListReviewsResponse {
+    pb::ListReviewsResponse {
+        product: query.product.get().into(),
+        page: (query.page.page() - 1) as i32,
+        count: query.page.size() as i32,
+        results: reviews.into_iter().map(review).collect(),
+    }
+}
+
+fn review(r: Review) -> pb::Review {
+    pb::Review {
+        review_id: r.id,
+        rating: r.rating.into(),
+        summary: r.summary,
+        recommend: r.recommend,
+        response: r.response,
+        body: r.body,
+        date: Some(prost_types::Timestamp {
+            seconds: r.date.timestamp(),
+            nanos: r.date.timestamp_subsec_nanos() as i32,
+        }),
+        reviewer_name: r.reviewer_name,
+        helpfulness: r.helpfulness,
+        photos: r
+            .photos
+            .into_iter()
+            .map(|p| pb::Photo {
+                id: p.id,
+                url: p.url,
+            })
+            .collect(),
+    }
+}
+
+pub fn review_meta(product: ProductId, meta: Meta) -> pb::ReviewMeta {
+    let ratings = (1..=5).zip(meta.ratings).filter(|&(_, n)| n > 0).collect();
+    let recommended = [
+        (false, meta.recommended_false),
+        (true, meta.recommended_true),
+    ]
+    .into_iter()
+    .filter(|&(_, n)| n > 0)
+    .collect();
+    let characteristics = meta
+        .characteristics
+        .into_iter()
+        .map(|c| {
+            let value = c.average();
+            (c.name, pb::CharacteristicMeta { id: c.id, value })
+        })
+        .collect();
+    pb::ReviewMeta {
+        product_id: product.get().into(),
+        ratings,
+        recommended,
+        characteristics,
+    }
+}
