@@ -33,6 +33,8 @@ pub struct CacheMetrics {
     pub errors: Counter,
     /// Reads served from the database without asking Redis (breaker open).
     pub bypassed: Counter,
+    /// Reads of an answer not asked for before in the window: sent to the database, no lookup.
+    pub first_sightings: Counter,
     /// Times the breaker opened.
     pub breaker_trips: Counter,
     pub breaker_open: AtomicBool,
@@ -108,6 +110,11 @@ impl Metrics {
                 "reviews_cache_bypassed_total",
                 "Reads sent to the database without asking Redis (breaker open, page not cached).",
                 c.bypassed.get(),
+            ),
+            (
+                "reviews_cache_first_sightings_total",
+                "Reads of an answer not asked for recently: to the database without a lookup.",
+                c.first_sightings.get(),
             ),
             (
                 "reviews_cache_breaker_trips_total",

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::cache::{Cache, CacheArgs, CacheConfig};
@@ -193,12 +193,14 @@ impl Application {
         let stop_tracking = tracker.abort_handle();
 
         tracing::info!(addr = %self.listener.local_addr()?, "serving gRPC, gRPC-Web and JSON");
+        // Without TCP_NODELAY, a small reply waits for the client's delayed ACK (40 ms on Linux).
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let mut builder = Server::builder().accept_http1(true);
         if let Some(age) = self.options.max_connection_age {
             builder = builder.max_connection_age(age);
         }
         let result = builder
-            .serve_with_incoming_shutdown(app, TcpListenerStream::new(self.listener), async {
+            .serve_with_incoming_shutdown(app, incoming, async {
                 shutdown.await;
                 tracing::info!("shutting down: finishing the calls in flight");
                 stop_tracking.abort();

@@ -205,7 +205,7 @@ impl Service {
         let Some(cache) = &self.cache else {
             return load(None).await;
         };
-        let miss = match cache.lookup(&entry, format).await {
+        let miss = match cache.lookup(&entry, format, self.db.has_replicas()).await {
             Lookup::Hit(answer) => return Ok(answer),
             Lookup::Skip => return load(None).await,
             Lookup::Miss(miss) => miss,

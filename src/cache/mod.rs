@@ -29,6 +29,7 @@
 
 mod breaker;
 mod config;
+mod doorkeeper;
 mod flight;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,6 +43,7 @@ pub use config::{CacheArgs, CacheConfig, DEFAULT_PREFIX};
 pub use flight::{Flight, Flights};
 
 use self::breaker::Breaker;
+use self::doorkeeper::Doorkeeper;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::reviews::{PageRequest, ProductId, Sort};
@@ -134,7 +136,8 @@ pub enum Lookup {
     Hit(Bytes),
     /// No current answer: load one (from data that includes `needed`) and fill it.
     Miss(Miss),
-    /// Redis is not usable now (or the entry is never cached): read the primary, fill nothing.
+    /// Redis is not usable now, the entry is never cached, or this is its first sighting: read
+    /// the primary, fill nothing.
     Skip,
 }
 
@@ -182,6 +185,7 @@ struct Inner {
     invalidate: redis::Script,
     breaker: Breaker,
     flights: Flights,
+    doorkeeper: Doorkeeper,
     metrics: Arc<Metrics>,
     globals: RwLock<Globals>,
     owes_epoch_bump: AtomicBool,
@@ -206,6 +210,7 @@ impl Cache {
                 connections,
                 next: AtomicUsize::new(0),
                 breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown, metrics.clone()),
+                doorkeeper: Doorkeeper::new(cfg.ttl),
                 cfg,
                 fill: redis::Script::new(FILL),
                 invalidate: redis::Script::new(INVALIDATE),
@@ -219,8 +224,10 @@ impl Cache {
         Ok(cache)
     }
 
-    /// Looks `entry` up in `format`: one `HMGET`.
-    pub async fn lookup(&self, entry: &Entry, format: &str) -> Lookup {
+    /// Looks `entry` up in `format`: one `HMGET`, except on the answer's first sighting in this
+    /// window (see `doorkeeper`), unless `needs_position`: with read replicas every miss must
+    /// learn from Redis how far its replica must have replayed.
+    pub async fn lookup(&self, entry: &Entry, format: &str, needs_position: bool) -> Lookup {
         let c = &self.inner;
         let mut globals = *c.globals.read().expect("globals lock");
         if !globals.known && c.usable() {
@@ -232,8 +239,12 @@ impl Cache {
             c.metrics.cache.bypassed.inc();
             return Lookup::Skip;
         }
-        let key = c.cfg.product_key(entry.product());
         let field = entry.field(format);
+        if !needs_position && !c.doorkeeper.seen_before((entry.product().get(), &field)) {
+            c.metrics.cache.first_sightings.inc();
+            return Lookup::Skip;
+        }
+        let key = c.cfg.product_key(entry.product());
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(&key).arg("v").arg("lsn").arg(&field);
         let found: Result<(Option<String>, Option<i64>, Option<Bytes>), _> = c.call(&cmd).await;

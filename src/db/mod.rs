@@ -141,6 +141,11 @@ impl Db {
         }
     }
 
+    /// Whether reads may go to replicas, so a read must learn which WAL position it needs.
+    pub fn has_replicas(&self) -> bool {
+        self.replicas.is_some()
+    }
+
     /// The primary's pool, for tests that look at how its connections are set up.
     #[cfg(feature = "test-hooks")]
     pub fn primary(&self) -> &Pool {
