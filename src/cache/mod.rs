@@ -198,7 +198,9 @@ impl Cache {
         let client = redis::Client::open(cfg.url.expose())?;
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
+            // Every call runs under the cache's own deadline (`guard`); a second timer per call
+            // would only cost time.
+            .set_response_timeout(None)
             // Reconnection is retried by the next call; a long retry loop would only delay it.
             .set_number_of_retries(1);
         let connections = (0..cfg.connections)
