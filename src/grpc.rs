@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::review_service_server::ReviewService;
-use crate::reviews::{ListQuery, Meta, ProductId, Review};
+use crate::reviews::{ListQuery, Meta, ProductId, Review, ReviewId};
 use crate::service::{Context, Encoding, Service};
 use crate::wire;
 
@@ -68,7 +68,7 @@ impl ReviewService for ReviewsGrpc {
         request: Request<pb::GetReviewMetaRequest>,
     ) -> Result<Response<pb::ReviewMeta>, Status> {
         let ctx = context(&request);
-        let product = wire::product_id(request.get_ref().product_id)?;
+        let product = ProductId::parse(request.get_ref().product_id)?;
         decode(self.service.get_review_meta::<Proto>(&ctx, product).await?)
     }
 
@@ -89,7 +89,7 @@ impl ReviewService for ReviewsGrpc {
         request: Request<pb::MarkReviewHelpfulRequest>,
     ) -> Result<Response<()>, Status> {
         let ctx = context(&request);
-        let id = wire::review_id(request.get_ref().review_id)?;
+        let id = ReviewId::parse(request.get_ref().review_id)?;
         self.service.mark_review_helpful(&ctx, id).await?;
         Ok(Response::new(()))
     }
@@ -99,7 +99,7 @@ impl ReviewService for ReviewsGrpc {
         request: Request<pb::ReportReviewRequest>,
     ) -> Result<Response<()>, Status> {
         let ctx = context(&request);
-        let id = wire::review_id(request.get_ref().review_id)?;
+        let id = ReviewId::parse(request.get_ref().review_id)?;
         self.service.report_review(&ctx, id).await?;
         Ok(Response::new(()))
     }

@@ -52,7 +52,7 @@ impl ReviewId {
 }
 
 /// The order of a review list; every order ends with the review id descending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Sort {
     #[default]
     Relevant,
@@ -61,7 +61,7 @@ pub enum Sort {
 }
 
 /// Which page of a list, 1-based, and how many reviews a page holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageRequest {
     page: u32,
     size: u32,
@@ -112,7 +112,7 @@ impl PageRequest {
 }
 
 /// Which reviews a list asks for: a product, a page, an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListQuery {
     pub product: ProductId,
     pub page: PageRequest,

@@ -113,11 +113,6 @@ impl Service {
         ctx: &Context,
         query: ListQuery,
     ) -> Result<Bytes, Error> {
-        let entry = Entry::List {
-            product: query.product,
-            page: query.page,
-            sort: query.sort,
-        };
         let load = |needed| async move {
             let reviews = self
                 .db
@@ -125,7 +120,7 @@ impl Service {
                 .await?;
             Ok(E::list(&query, reviews))
         };
-        self.read(entry, E::FORMAT, load)
+        self.read(Entry::List(query), E::FORMAT, load)
             .instrument(ctx.read_span("ListReviews"))
             .await
     }
@@ -140,7 +135,7 @@ impl Service {
             let meta = self.db.review_meta(needed, product).await?;
             Ok(E::meta(product, meta))
         };
-        self.read(Entry::Meta { product }, E::FORMAT, load)
+        self.read(Entry::Meta(product), E::FORMAT, load)
             .instrument(ctx.read_span("GetReviewMeta"))
             .await
     }

@@ -5,7 +5,7 @@
 use crate::error::{Error, FieldViolation};
 use crate::pb;
 use crate::reviews::{
-    ListQuery, Meta, NewReview, PageRequest, ProductId, RawNewReview, Review, ReviewId, Sort,
+    ListQuery, Meta, NewReview, PageRequest, ProductId, RawNewReview, Review, Sort,
 };
 
 /// Validates a list request, reporting a bad page, count and sort together.
@@ -33,14 +33,6 @@ pub fn list_query(req: &pb::ListReviewsRequest) -> Result<ListQuery, Error> {
             Err(Error::Invalid(violations))
         }
     }
-}
-
-pub fn product_id(raw: i32) -> Result<ProductId, Error> {
-    ProductId::parse(raw)
-}
-
-pub fn review_id(raw: i32) -> Result<ReviewId, Error> {
-    ReviewId::parse(raw)
 }
 
 pub fn new_review(r: pb::CreateReviewRequest) -> Result<NewReview, Error> {

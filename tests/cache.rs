@@ -341,6 +341,7 @@ async fn concurrent_misses_share_one_database_load() {
         answers.push(t.await.unwrap());
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]));
+    fills_landed(&s).await;
     let m = metrics(&s).await;
     assert_eq!((m["loads"], m["misses"], m["fills"]), (1, 50, 1));
 }

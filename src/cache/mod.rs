@@ -46,7 +46,7 @@ use self::breaker::Breaker;
 use self::doorkeeper::Doorkeeper;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::reviews::{PageRequest, ProductId, Sort};
+use crate::reviews::{ListQuery, ProductId, Sort};
 
 /// List pages past this one are not cached, which bounds the fields per product.
 pub const MAX_CACHED_PAGE: u32 = 20;
@@ -88,29 +88,24 @@ return 1
 ";
 
 /// What is cached: a list page or a product's meta, in the form one face sends it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Hash)]
 pub enum Entry {
-    List {
-        product: ProductId,
-        page: PageRequest,
-        sort: Sort,
-    },
-    Meta {
-        product: ProductId,
-    },
+    List(ListQuery),
+    Meta(ProductId),
 }
 
 impl Entry {
-    pub fn product(&self) -> ProductId {
+    fn product(&self) -> ProductId {
         match self {
-            Entry::List { product, .. } | Entry::Meta { product } => *product,
+            Entry::List(query) => query.product,
+            Entry::Meta(product) => *product,
         }
     }
 
     /// The hash field of this entry in `format` (which names its encoding and its version).
     fn field(&self, format: &str) -> String {
         match self {
-            Entry::List { page, sort, .. } => {
+            Entry::List(ListQuery { page, sort, .. }) => {
                 let sort = match sort {
                     Sort::Relevant => "relevant",
                     Sort::Newest => "newest",
@@ -118,14 +113,14 @@ impl Entry {
                 };
                 format!("list:{sort}:{}:{}:{format}", page.page(), page.size())
             }
-            Entry::Meta { .. } => format!("meta:{format}"),
+            Entry::Meta(_) => format!("meta:{format}"),
         }
     }
 
     fn cacheable(&self) -> bool {
         match self {
-            Entry::List { page, .. } => page.page() <= MAX_CACHED_PAGE,
-            Entry::Meta { .. } => true,
+            Entry::List(query) => query.page.page() <= MAX_CACHED_PAGE,
+            Entry::Meta(_) => true,
         }
     }
 }
@@ -145,10 +140,9 @@ pub enum Lookup {
 pub struct Miss {
     key: String,
     field: String,
-    /// The product's version the lookup saw (`0`: none).
+    /// The product's version the lookup saw (`0`: none), and the epoch it knew.
     version: String,
     epoch: i64,
-    stamp: String,
     /// The WAL position the answer's data must include, when read replicas may answer.
     pub needed: Option<Lsn>,
 }
@@ -156,8 +150,18 @@ pub struct Miss {
 impl Miss {
     /// Names the answer this miss will load, for single-flight: a later write changes it.
     pub fn flight_key(&self) -> String {
-        format!("{}\n{}\n{}", self.key, self.field, self.stamp)
+        format!(
+            "{}\n{}\n{}",
+            self.key,
+            self.field,
+            stamp(self.epoch, &self.version)
+        )
     }
+}
+
+/// What a cached answer starts with: the epoch and the product version it was filled under.
+fn stamp(epoch: i64, version: &str) -> String {
+    format!("{epoch}.{version}|")
 }
 
 /// The global state each replica polls.
@@ -241,11 +245,11 @@ impl Cache {
             c.metrics.cache.bypassed.inc();
             return Lookup::Skip;
         }
-        let field = entry.field(format);
-        if !needs_position && !c.doorkeeper.seen_before((entry.product().get(), &field)) {
+        if !needs_position && !c.doorkeeper.seen_before((entry, format)) {
             c.metrics.cache.first_sightings.inc();
             return Lookup::Skip;
         }
+        let field = entry.field(format);
         let key = c.cfg.product_key(entry.product());
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(&key).arg("v").arg("lsn").arg(&field);
@@ -254,7 +258,7 @@ impl Cache {
             return Lookup::Skip;
         };
         let version = version.unwrap_or_else(|| "0".into());
-        let stamp = format!("{}.{version}|", globals.epoch);
+        let stamp = stamp(globals.epoch, &version);
         if let Some(value) = value.filter(|v| v.starts_with(stamp.as_bytes())) {
             c.metrics.cache.hits.inc();
             return Lookup::Hit(value.slice(stamp.len()..));
@@ -269,7 +273,6 @@ impl Cache {
             field,
             version,
             epoch: globals.epoch,
-            stamp,
             needed,
         })
     }
@@ -282,8 +285,9 @@ impl Cache {
     /// Stores `answer` for `miss`, unless the product was written since its lookup.
     pub async fn fill(&self, miss: &Miss, answer: &[u8]) {
         let c = &self.inner;
-        let mut value = Vec::with_capacity(miss.stamp.len() + answer.len());
-        value.extend_from_slice(miss.stamp.as_bytes());
+        let stamp = stamp(miss.epoch, &miss.version);
+        let mut value = Vec::with_capacity(stamp.len() + answer.len());
+        value.extend_from_slice(stamp.as_bytes());
         value.extend_from_slice(answer);
         let mut invocation = c.fill.key(&miss.key);
         invocation

@@ -48,7 +48,6 @@ pub enum BodyRule {
 #[derive(Debug)]
 pub struct Route {
     pub method: Method,
-    pub template: &'static str,
     pub segments: &'static [Segment],
     pub body: BodyRule,
     pub call: Call,
@@ -273,11 +272,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=ut
 fn reply<T: WriteJson>(result: Result<Reply<T>, Error>, status: StatusCode) -> Response {
     let body = match result {
         Ok(Reply::Json(bytes)) => bytes,
-        Ok(Reply::Message(message)) => {
-            let mut out = Vec::with_capacity(256);
-            message.write_json(&mut out);
-            out.into()
-        }
+        Ok(Reply::Message(message)) => to_json(&message),
         Err(e) => return error_response(e),
     };
     (status, [(CONTENT_TYPE, JSON)], body).into_response()

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::edge::{to_json, JsonApi, Reply};
 use crate::error::Error;
 use crate::pb;
-use crate::reviews::{ListQuery, Meta, ProductId, Review};
+use crate::reviews::{ListQuery, Meta, ProductId, Review, ReviewId};
 use crate::service::{Context, Encoding, Service};
 use crate::wire;
 
@@ -52,7 +52,7 @@ impl JsonApi for JsonHandlers {
         ctx: Context,
         request: pb::GetReviewMetaRequest,
     ) -> Result<Reply<pb::ReviewMeta>, Error> {
-        let product = wire::product_id(request.product_id)?;
+        let product = ProductId::parse(request.product_id)?;
         let body = self.service.get_review_meta::<Json>(&ctx, product).await?;
         Ok(Reply::Json(body))
     }
@@ -74,7 +74,7 @@ impl JsonApi for JsonHandlers {
         ctx: Context,
         request: pb::MarkReviewHelpfulRequest,
     ) -> Result<(), Error> {
-        let id = wire::review_id(request.review_id)?;
+        let id = ReviewId::parse(request.review_id)?;
         self.service.mark_review_helpful(&ctx, id).await
     }
 
@@ -83,7 +83,7 @@ impl JsonApi for JsonHandlers {
         ctx: Context,
         request: pb::ReportReviewRequest,
     ) -> Result<(), Error> {
-        let id = wire::review_id(request.review_id)?;
+        let id = ReviewId::parse(request.review_id)?;
         self.service.report_review(&ctx, id).await
     }
 }

@@ -9,23 +9,18 @@ use std::process::Command;
 use reviews::local::{LocalPostgres, LocalRedis};
 use serde_json::{json, Value};
 
+use crate::common::sandbox::run_ok;
 use crate::common::sandbox::Netns;
 use crate::common::scratch_dir;
 use crate::image::{set, Image};
 use crate::repo;
 
 pub fn render(overlay: &str) -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .args(["kustomize", &format!("k8s/overlays/{overlay}")])
-        .current_dir(repo())
-        .output()
-        .expect("could not run kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_ok(
+        Command::new("kubectl")
+            .args(["kustomize", &format!("k8s/overlays/{overlay}")])
+            .current_dir(repo()),
     );
-    let text = String::from_utf8(out.stdout).unwrap();
     // kustomize separates the documents with `---` lines.
     format!("\n{text}")
         .split("\n---\n")
