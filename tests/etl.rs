@@ -239,22 +239,103 @@ async fn digest(db: &tokio_postgres::Client) -> Vec<String> {
     out
 }
 
+async fn has_staging(db: &tokio_postgres::Client) -> bool {
+    db.query_one("SELECT to_regnamespace('reviews_staging') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The data set's constraints (with whether they are validated), indexes and table options.
+async fn schema(db: &tokio_postgres::Client) -> Vec<String> {
+    let rows = db
+        .query(
+            "SELECT format('%s %s %s %s', r.relname, c.conname, pg_get_constraintdef(c.oid),
+                          c.convalidated)
+             FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+             WHERE r.relnamespace = 'public'::regnamespace AND r.relkind = 'r'
+             UNION ALL
+             SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'
+             UNION ALL
+             SELECT format('%s options %s', relname, reloptions) FROM pg_class
+             WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(out.len() > 20, "constraints and indexes: {out:?}");
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn loading_again_replaces_the_data_set_with_the_same_result() {
     let url = fresh_db(common::SAMPLE_TEMPLATE).await;
     let db = common::sql(&url).await;
     let before = digest(&db).await;
+    // The keys, indexes and checks the migrations create, which every load must rebuild.
+    let migrated = schema(&common::sql(&fresh_db(EMPTY_TEMPLATE).await).await).await;
+    // What a load killed while building keys leaves: committed staging tables, half indexed.
+    db.batch_execute(
+        "CREATE SCHEMA reviews_staging;
+         CREATE TABLE reviews_staging.reviews (id int PRIMARY KEY);
+         INSERT INTO reviews_staging.reviews VALUES (1)",
+    )
+    .await
+    .unwrap();
     let report = reviews::etl::load(&url, &common::sample_dir(), None)
         .await
         .unwrap();
     assert_eq!(report.rejected(), 0);
     assert_eq!(digest(&db).await, before);
-    let staging: bool = db
-        .query_one("SELECT to_regnamespace('reviews_staging') IS NULL", &[])
+    assert_eq!(
+        schema(&db).await,
+        migrated,
+        "the migrations' keys, indexes and checks, every one validated"
+    );
+
+    // The aggregates the loader gathers while it reads equal the same sums taken by SQL over
+    // the loaded rows, both ways round.
+    let row = db
+        .query_one(
+            "WITH stats AS (
+                 SELECT product_id,
+                        count(*) FILTER (WHERE rating = 1), count(*) FILTER (WHERE rating = 2),
+                        count(*) FILTER (WHERE rating = 3), count(*) FILTER (WHERE rating = 4),
+                        count(*) FILTER (WHERE rating = 5),
+                        count(*) FILTER (WHERE NOT recommend), count(*) FILTER (WHERE recommend)
+                 FROM reviews WHERE NOT reported GROUP BY product_id),
+             sums AS (
+                 SELECT c.id, coalesce(sum(cr.value) FILTER (WHERE NOT r.reported), 0)::int8,
+                        count(cr.value) FILTER (WHERE NOT r.reported)
+                 FROM characteristics c
+                 LEFT JOIN characteristic_reviews cr ON cr.characteristic_id = c.id
+                 LEFT JOIN reviews r ON r.id = cr.review_id GROUP BY c.id)
+             SELECT (SELECT count(*) FROM ((TABLE product_stats EXCEPT TABLE stats)
+                                           UNION ALL (TABLE stats EXCEPT TABLE product_stats)) d),
+                    (SELECT count(*) FROM ((SELECT id, value_sum, value_count FROM characteristics
+                                            EXCEPT TABLE sums)
+                                           UNION ALL (TABLE sums EXCEPT
+                                                      SELECT id, value_sum, value_count
+                                                      FROM characteristics)) d),
+                    (SELECT count(*) FROM stats), (SELECT count(*) FROM sums WHERE count > 0)",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
-    assert!(staging, "no staging schema is left behind");
+        .unwrap();
+    let (stats_off, sums_off, products, rated): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        (stats_off, sums_off),
+        (0, 0),
+        "aggregates differ from the rows"
+    );
+    assert!(
+        products > 0 && rated > 0,
+        "the sample has aggregates to compare"
+    );
+    assert!(!has_staging(&db).await, "no staging schema is left behind");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -462,4 +543,47 @@ async fn a_failed_load_leaves_the_old_data_untouched() {
 
 fn write_fixture_file(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_load_waits_for_the_one_running() {
+    let url = fresh_db(common::SAMPLE_TEMPLATE).await;
+    let db = common::sql(&url).await;
+    let before = digest(&db).await;
+    // A load in progress holds this lock for its whole run.
+    let other = common::sql(&url).await;
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&reviews::etl::LOAD_LOCK])
+        .await
+        .unwrap();
+    let second = tokio::spawn({
+        let url = url.clone();
+        async move { reviews::etl::load(&url, &common::sample_dir(), None).await }
+    });
+    let waiting = common::eventually(std::time::Duration::from_secs(10), || async {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND NOT l.granted
+                   AND d.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        waiting == 1
+    })
+    .await;
+    assert!(waiting, "the second load waits for the lock");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "and does nothing meanwhile");
+    assert!(!has_staging(&db).await, "not even the staging schema");
+
+    other
+        .execute("SELECT pg_advisory_unlock($1)", &[&reviews::etl::LOAD_LOCK])
+        .await
+        .unwrap();
+    let report = second.await.unwrap().unwrap();
+    assert_eq!(report.rejected(), 0, "once the other load is done, it runs");
+    assert_eq!(digest(&db).await, before);
 }

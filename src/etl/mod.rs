@@ -1,9 +1,9 @@
-//! Loads the storefront's four CSV exports, replacing the data set in one transaction: the files
-//! are streamed into staging tables (binary COPY, no indexes yet), every bad row is set aside
-//! with its file, line, reason and text, then keys, indexes and the kept aggregates are built,
-//! sequences set and statistics gathered, and the staging tables replace the live ones. Readers
-//! see the old data until the commit; a failed or killed load leaves it untouched and can simply
-//! be run again.
+//! Loads the storefront's four CSV exports, replacing the data set: the files are streamed into
+//! staging tables (binary COPY, no indexes yet), every bad row is set aside with its file, line,
+//! reason and text, the kept aggregates gathered on the way and sequences set; then keys, indexes,
+//! foreign keys and statistics are built over two connections, and the staging tables replace the
+//! live ones in one transaction. Readers see the old data until that commit; a failed or killed
+//! load leaves it untouched and can simply be run again.
 
 mod csv;
 pub mod generate;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Transaction};
 
 use self::csv::{Reader, Record};
@@ -130,6 +131,49 @@ pub async fn load(
         }
     }
 
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOAD_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        // Another load, or the server side of one just killed, which lives on until PostgreSQL
+        // notices: wait for it rather than share the staging schema with it.
+        tracing::warn!("another `reviews load` is running against this database: waiting for it");
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&LOAD_LOCK])
+            .await?;
+    }
+    let result = load_locked(&mut client, database_url, dir, rejects_dir).await;
+    if result.is_err() {
+        // Nothing of a failed load is live; drop what it staged (a rolled-back copy left nothing).
+        let _ = client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                staging::SCHEMA
+            ))
+            .await;
+    }
+    drop(client);
+    let _ = conn_task.await;
+    let mut report = result?;
+    report.peak_rss_kib = progress::peak_rss_kib();
+    Ok(report)
+}
+
+/// The session advisory lock a load holds, so that two loads never share the staging schema: a
+/// second load waits for the first.
+pub const LOAD_LOCK: i64 = 0x7265_7669_6577_736c; // "reviewsl"
+
+/// How many connections build the keys and indexes: PostgreSQL gives each one core.
+const BUILD_CONNECTIONS: usize = 2;
+
+async fn load_locked(
+    client: &mut tokio_postgres::Client,
+    database_url: &str,
+    dir: &Path,
+    rejects_dir: Option<&Path>,
+) -> anyhow::Result<LoadReport> {
+    let definitions = staging::definitions(client).await?;
     let mut rejects = Rejects {
         dir: rejects_dir.map(Path::to_path_buf),
         open: Vec::new(),
@@ -158,6 +202,9 @@ pub async fn load(
             };
             if !seen.reviews.insert_new(r.id, info) {
                 return Err(format!("duplicate review id {}", r.id));
+            }
+            if info.listable {
+                seen.count_listable(r.product_id, r.rating, r.recommend);
             }
             Ok(Some(r))
         })
@@ -190,25 +237,37 @@ pub async fn load(
     };
     let t = Instant::now();
     copy_characteristics(&tx, &seen).await?;
-    tx.batch_execute(PRODUCT_STATS_SQL).await?;
-    phase("aggregates", t);
+    copy_product_stats(&tx, &seen).await?;
+    drop(seen);
+    staging::set_sequences(&tx).await?;
+    tx.commit().await?;
+    phase("aggregates and sequences", t);
+
     let t = Instant::now();
-    staging::build_keys_and_indexes(&tx).await?;
-    phase("keys and indexes", t);
+    let mut extra = Vec::with_capacity(BUILD_CONNECTIONS - 1);
+    let mut connections = Vec::with_capacity(BUILD_CONNECTIONS - 1);
+    for _ in 1..BUILD_CONNECTIONS {
+        let (worker, connection) = tokio_postgres::connect(database_url, NoTls)
+            .await
+            .context("could not connect to the database")?;
+        connections.push(tokio::spawn(connection));
+        extra.push(worker);
+    }
+    let workers: Vec<&tokio_postgres::Client> = std::iter::once(&*client).chain(&extra).collect();
+    let built = staging::build(&workers, &definitions).await;
+    drop(workers);
+    drop(extra);
+    for c in connections {
+        let _ = c.await;
+    }
+    built?;
+    phase("keys, indexes, ANALYZE", t);
+
     let t = Instant::now();
-    staging::finish(&tx).await?;
-    phase("sequences and statistics", t);
-    let t = Instant::now();
+    let tx = client.transaction().await?;
     staging::swap(&tx).await?;
     tx.commit().await?;
     phase("swap", t);
-    let t = Instant::now();
-    staging::validate_foreign_keys(&client).await?;
-    phase("validate foreign keys", t);
-
-    drop(client);
-    let _ = conn_task.await;
-    report.peak_rss_kib = progress::peak_rss_kib();
     Ok(report)
 }
 
@@ -217,7 +276,7 @@ fn accept_characteristic(seen: &mut Seen, rec: &Record) -> Result<(), String> {
     let name = seen
         .intern(&row.name)
         .ok_or("too many distinct characteristic names")?;
-    let (count, mask) = seen.product_names.get(row.product_id).unwrap_or((0, 0));
+    let (count, mask) = *seen.product_names.get_or_insert(row.product_id, (0, 0));
     let taken = if name < 64 {
         mask & (1 << name) != 0
     } else {
@@ -240,10 +299,7 @@ fn accept_characteristic(seen: &mut Seen, rec: &Record) -> Result<(), String> {
         return Err(format!("duplicate characteristic id {}", row.id));
     }
     let mask = if name < 64 { mask | 1 << name } else { mask };
-    let entry = (count.saturating_add(1), mask);
-    if !seen.product_names.insert_new(row.product_id, entry) {
-        *seen.product_names.get_mut(row.product_id).expect("present") = entry;
-    }
+    *seen.product_names.get_or_insert(row.product_id, (0, 0)) = (count.saturating_add(1), mask);
     Ok(())
 }
 
@@ -295,9 +351,7 @@ fn accept_rating(seen: &mut Seen, rec: &Record) -> Result<CharacteristicReviewRo
 
 /// The characteristics, with the sums of the values listable reviews gave them.
 async fn copy_characteristics(tx: &Transaction<'_>, seen: &Seen) -> anyhow::Result<()> {
-    let sink = tx
-        .copy_in(&format!("COPY {} FROM STDIN BINARY", CHARACTERISTICS.table))
-        .await?;
+    let sink = tx.copy_in(&copy_sql(CHARACTERISTICS.table)).await?;
     let writer = BinaryCopyInWriter::new(sink, CHARACTERISTICS.types);
     let mut writer = std::pin::pin!(writer);
     for (id, c) in seen.characteristics.iter() {
@@ -313,15 +367,40 @@ async fn copy_characteristics(tx: &Transaction<'_>, seen: &Seen) -> anyhow::Resu
 }
 
 /// Per-product counts over the listable reviews.
-const PRODUCT_STATS_SQL: &str = "
-    INSERT INTO reviews_staging.product_stats (product_id, rating_1, rating_2, rating_3, rating_4,
-                                               rating_5, recommended_false, recommended_true)
-    SELECT product_id,
-           count(*) FILTER (WHERE rating = 1), count(*) FILTER (WHERE rating = 2),
-           count(*) FILTER (WHERE rating = 3), count(*) FILTER (WHERE rating = 4),
-           count(*) FILTER (WHERE rating = 5),
-           count(*) FILTER (WHERE NOT recommend), count(*) FILTER (WHERE recommend)
-    FROM reviews_staging.reviews WHERE NOT reported GROUP BY product_id";
+async fn copy_product_stats(tx: &Transaction<'_>, seen: &Seen) -> anyhow::Result<()> {
+    const TYPES: [Type; 8] = [
+        Type::INT4,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+    ];
+    let sink = tx
+        .copy_in(&copy_sql(
+            "reviews_staging.product_stats (product_id, rating_1, rating_2, rating_3, rating_4, \
+             rating_5, recommended_false, recommended_true)",
+        ))
+        .await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &TYPES));
+    for (product, counts) in seen.product_counts.iter() {
+        let counts = counts.map(i64::from);
+        let mut row: Vec<&(dyn ToSql + Sync)> = vec![&product];
+        row.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// A binary COPY into a staging table. FREEZE, allowed because the table was created in this
+/// transaction, writes the rows already frozen, so nothing rewrites their pages to set hint bits
+/// when the foreign keys are validated or the service first reads them.
+fn copy_sql(target: &str) -> String {
+    format!("COPY {target} FROM STDIN (FORMAT binary, FREEZE)")
+}
 
 /// Streams one file: reads each record, lets `accept` parse and check it, copies the rows it
 /// returns, and sets the others aside.
@@ -370,9 +449,7 @@ async fn copy_file<T: CopyRow>(
             Ok(row) => {
                 if let Some(row) = row {
                     if writer.is_none() {
-                        let sink = tx
-                            .copy_in(&format!("COPY {} FROM STDIN BINARY", spec.table))
-                            .await?;
+                        let sink = tx.copy_in(&copy_sql(spec.table)).await?;
                         writer = Some(Box::pin(BinaryCopyInWriter::new(sink, spec.types)));
                     }
                     let w = writer.as_mut().expect("opened above");
