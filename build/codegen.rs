@@ -237,9 +237,30 @@ fn dispatch(out: &mut Out, routes: &[Route], rpcs: &[MethodDescriptor]) -> Resul
     Ok(())
 }
 
+/// Whether the field carries `[(reviews.v1.saturating) = true]`.
+fn saturating(field: &FieldDescriptor) -> bool {
+    let Some(ext) = field
+        .parent_pool()
+        .get_extension_by_name("reviews.v1.saturating")
+    else {
+        return false;
+    };
+    let options = field.options();
+    options.has_extension(&ext) && options.get_extension(&ext).as_bool() == Some(true)
+}
+
 /// How a field's single values are parsed: the runtime helper and its arguments.
 fn scalar_parser(out: &mut Out, field: &FieldDescriptor, kind: &Kind) -> Result<String> {
     let must_be = describe(&field.kind());
+    if saturating(field) {
+        return match kind {
+            Kind::Int32 if !field.is_list() => Ok(format!("Saturating({must_be:?})")),
+            _ => Err(format!(
+                "{}: (reviews.v1.saturating) is supported on single int32 fields only",
+                field.full_name()
+            )),
+        };
+    }
     match kind {
         Kind::Enum(e) => {
             out.enums.insert(e.full_name().to_string(), e.clone());
@@ -306,7 +327,7 @@ fn from_http(out: &mut Out, desc: &MessageDescriptor) -> Result<()> {
                 }
             };
             writeln!(params, "            {names} => return Err(FieldViolation::new(name, \"cannot be given in the URL\")),").unwrap();
-            writeln!(members, "                {names} => if let Some(v) = json_map(value, &join(prefix, {name:?}), {key_parser}, {value_parser}, violations) {{ self.{rust} = v; }},").unwrap();
+            writeln!(members, "                {names} => {{ {once} if let Some(v) = json_map(value, &join(prefix, {name:?}), {key_parser}, {value_parser}, violations) {{ self.{rust} = v; }} }},", once = member_once(name)).unwrap();
         } else if let Some(kind) = value_kind(&field) {
             let parser = scalar_parser(out, &field, &kind)?;
             let (param, member) = if field.is_list() {
@@ -322,7 +343,12 @@ fn from_http(out: &mut Out, desc: &MessageDescriptor) -> Result<()> {
                 )
             };
             writeln!(params, "            {names} => {param},").unwrap();
-            writeln!(members, "                {names} => {member},").unwrap();
+            writeln!(
+                members,
+                "                {names} => {{ {once} {member} }},",
+                once = member_once(name)
+            )
+            .unwrap();
         } else {
             return Err(format!(
                 "{}: message fields in requests are not supported by the JSON edge",
@@ -337,26 +363,22 @@ fn from_http(out: &mut Out, desc: &MessageDescriptor) -> Result<()> {
          match name {{\n{params}            _ => return Err(FieldViolation::new(name, \"is not a parameter of this route\")),\n        }}\n        \
          Ok(())\n    }}\n\n    \
          fn merge_json(&mut self, object: JsonObject, prefix: &str, violations: &mut Vec<FieldViolation>) {{\n        \
+         let mut seen = Seen::default();\n        \
          for (key, value) in object {{\n            \
-         if value.is_null() && KNOWN_{upper}.contains(&key.as_str()) {{\n                continue; // null is the field's default\n            }}\n            \
          match key.as_str() {{\n{members}                _ => violations.push(FieldViolation::new(join(prefix, &key), \"is not a known field\")),\n            }}\n        }}\n    }}\n}}\n",
         ty = rust_message(desc)?,
-        upper = desc.name().to_ascii_uppercase(),
-    )
-    .unwrap();
-    let known: Vec<String> = desc
-        .fields()
-        .flat_map(|f| [f.name().to_string(), f.json_name().to_string()])
-        .map(|n| format!("{n:?}"))
-        .collect();
-    writeln!(
-        out.code,
-        "const KNOWN_{}: &[&str] = &[{}];\n",
-        desc.name().to_ascii_uppercase(),
-        known.join(", ")
     )
     .unwrap();
     Ok(())
+}
+
+/// The start of a JSON member's arm: a field given under both its spellings is refused, and
+/// `null` is the field's default.
+fn member_once(name: &str) -> String {
+    format!(
+        "if let Err(v) = seen.once({name:?}, &join(prefix, &key)) {{ violations.push(v); continue; }} \
+         if value.is_null() {{ continue; }}"
+    )
 }
 
 fn write_json(out: &mut Out, desc: &MessageDescriptor) -> Result<()> {

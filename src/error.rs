@@ -33,8 +33,8 @@ pub enum Error {
     /// `product_id` missing or not a positive integer; legacy clients match this exact text.
     #[error("invalid product_id provided")]
     InvalidProductId,
-    /// Other invalid fields, every one of them.
-    #[error("invalid request: {}", join(.0))]
+    /// Other invalid fields, every one of them (a reply shows the first [`MAX_VIOLATIONS`]).
+    #[error("invalid request: {}", join(&bounded(.0)))]
     Invalid(Vec<FieldViolation>),
     #[error("{0} not found")]
     NotFound(String),
@@ -43,6 +43,43 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A reply lists at most this many violations, then one that counts the rest: a request naming
+/// thousands of bad ids gets a short answer (and a gRPC status whose header clients can read).
+pub const MAX_VIOLATIONS: usize = 10;
+
+/// Fields and reasons are cut to this many bytes: a client may send a key of any length.
+const MAX_TEXT: usize = 200;
+
+fn bounded(v: &[FieldViolation]) -> Vec<FieldViolation> {
+    let mut out: Vec<FieldViolation> = v
+        .iter()
+        .take(MAX_VIOLATIONS)
+        .map(|v| FieldViolation::new(cut(&v.field), cut(&v.reason)))
+        .collect();
+    if v.len() > MAX_VIOLATIONS {
+        let more = v.len() - MAX_VIOLATIONS;
+        out.push(FieldViolation::new(
+            "request",
+            format!(
+                "and {more} more problem{}",
+                if more == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    out
+}
+
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 fn join(v: &[FieldViolation]) -> String {
@@ -57,14 +94,14 @@ impl Error {
         Self::Invalid(vec![FieldViolation::new(field, reason)])
     }
 
-    /// The field violations a client can act on (the product id counts as one).
+    /// The field violations a client is shown (the product id counts as one), bounded.
     pub fn violations(&self) -> Vec<FieldViolation> {
         match self {
             Self::InvalidProductId => vec![FieldViolation::new(
                 "product_id",
                 "must be a positive integer",
             )],
-            Self::Invalid(v) => v.clone(),
+            Self::Invalid(v) => bounded(v),
             _ => Vec::new(),
         }
     }
@@ -136,5 +173,37 @@ impl From<Error> for tonic::Status {
                 tonic::Status::internal("internal error")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_show_a_bounded_number_of_bounded_violations() {
+        let many: Vec<_> = (0..5_499)
+            .map(|i| {
+                FieldViolation::new(
+                    format!("characteristics[{i}]"),
+                    "is not one of the product's",
+                )
+            })
+            .collect();
+        let shown = Error::Invalid(many).violations();
+        assert_eq!(shown.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(shown[MAX_VIOLATIONS].reason, "and 5489 more problems");
+        let status = tonic::Status::from(Error::Invalid(
+            (0..5_499)
+                .map(|i| FieldViolation::new(format!("f{i}"), "x"))
+                .collect(),
+        ));
+        assert!(status.message().len() < 400, "{}", status.message());
+
+        let long = Error::invalid("k".repeat(100_000), "é".repeat(1_000)).violations();
+        assert!(long[0].field.len() <= MAX_TEXT + 3);
+        assert!(long[0].reason.len() <= MAX_TEXT + 3 && long[0].reason.ends_with("..."));
+        let one = Error::invalid("a", "b").violations();
+        assert_eq!(one, [FieldViolation::new("a", "b")]);
     }
 }

@@ -12,6 +12,8 @@ use crate::reviews::{ListQuery, Meta, ProductId, Review, ReviewId};
 use crate::service::{Context, Encoding, Service};
 use crate::wire;
 
+pub mod codec;
+
 /// The encoded descriptor set of `reviews.v1`, `google.api.http` options included.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/reviews_descriptor.bin"));

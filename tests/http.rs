@@ -148,6 +148,8 @@ async fn a_bad_product_id_gets_the_exact_legacy_text() {
         "?product_id=1.5",
         "?product_id=99999999999",
         "?product_id=1&product_id=2",
+        "?product_id=%2B2",
+        "?product_id=%202",
     ] {
         for route in ["/reviews", "/reviews/meta"] {
             let (status, ct, body) = parts(get(&s, &format!("{route}{query}")).await).await;
@@ -264,6 +266,83 @@ async fn other_invalid_input_is_422_json_naming_the_field() {
     assert_eq!(fingerprint(&db).await, before, "bad input wrote nothing");
 }
 
+/// The request shapes the legacy API let through or answered oddly: clamped, refused, bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_requests_are_clamped_or_refused_with_a_short_answer() {
+    let s = TestServer::sample().await;
+    let db = s.sql().await;
+    let before = fingerprint(&db).await;
+
+    // A page size of any size is clamped to the bound, like one just above it.
+    for count in ["1000000000000", "99999999999999999999999999", "1001"] {
+        let (status, _, body) =
+            parts(get(&s, &format!("/reviews?product_id=1&count={count}")).await).await;
+        assert_eq!(status, StatusCode::OK, "count={count}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["count"], 1000, "count={count}");
+    }
+
+    let review = |extra: &str| {
+        format!(
+            r#"{{"product_id": 2, "rating": 5, "summary": "Nice", "recommend": true,
+                "body": "These sunglasses are great, very dark and comfortable on long drives.",
+                "name": "jo", "email": "jo@example.com", "photos": [], "characteristics": {{}}{extra}}}"#
+        )
+    };
+    let fields = |body: &str| -> Vec<String> {
+        let json: serde_json::Value = serde_json::from_str(body).expect(body);
+        json["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}: {}",
+                    f["field"].as_str().unwrap(),
+                    f["reason"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    // A member given twice, or under both of its spellings.
+    let (status, _, body) = parts(post_json(&s, review(r#", "rating": 1"#)).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("is given more than once"), "{body}");
+    assert_eq!(fields(&body)[0], "body: is not valid JSON: the member \"rating\" is given more than once at line 3 column 102");
+    // The product id is the only field with two spellings; a product id given twice is an
+    // invalid product id, in the legacy text.
+    let (status, _, body) = parts(post_json(&s, review(r#", "productId": 3"#)).await).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Error: invalid product_id provided"
+        )
+    );
+
+    // Thousands of bad characteristic ids (and product 2's own left unrated): a short answer
+    // that says how many more problems there are.
+    let many: Vec<String> = (100_000..104_000)
+        .map(|id| format!("\"{id}\": 3"))
+        .collect();
+    let bad = review("").replace(
+        r#""characteristics": {}"#,
+        &format!(r#""characteristics": {{{}}}"#, many.join(", ")),
+    );
+    let (status, _, body) = parts(post_json(&s, bad).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let shown = fields(&body);
+    assert_eq!(shown.len(), reviews::error::MAX_VIOLATIONS + 1, "{body}");
+    assert_eq!(
+        shown.last().unwrap(),
+        "request: and 3991 more problems",
+        "{body}"
+    );
+    assert!(body.len() < 4_096, "{} bytes", body.len());
+
+    assert_eq!(fingerprint(&db).await, before, "nothing was written");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_http_is_a_clear_error_never_a_500_and_never_a_write() {
     let s = TestServer::sample().await;
@@ -292,17 +371,21 @@ async fn bad_http_is_a_clear_error_never_a_500_and_never_a_write() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let r = client()
-        .post(url(&s, "/reviews"))
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status(), content_type(&r)),
-        (StatusCode::UNSUPPORTED_MEDIA_TYPE, JSON.into())
-    );
+    // Another content type, or none: the body is not taken for JSON.
+    for ct in [Some("text/plain"), None] {
+        let mut post = client()
+            .post(url(&s, "/reviews"))
+            .body(r#"{"product_id": 1}"#);
+        if let Some(ct) = ct {
+            post = post.header("content-type", ct);
+        }
+        let r = post.send().await.unwrap();
+        assert_eq!(
+            (r.status(), content_type(&r)),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, JSON.into()),
+            "{ct:?}"
+        );
+    }
 
     let r = client().delete(url(&s, "/reviews")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -469,6 +552,36 @@ async fn grpc_web_binary_and_text_work_over_http1() {
         "INVALID_ARGUMENT for product 0"
     );
     assert!(headers.contains_key("grpc-status-details-bin"));
+
+    // A message that is not protobuf (field 1 as a length of 100 bytes that never come) is the
+    // caller's mistake, said briefly.
+    let r = client()
+        .post(url(&s, "/reviews.v1.ReviewService/GetReviewMeta"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(vec![0u8, 0, 0, 0, 2, 0x0a, 100])
+        .send()
+        .await
+        .unwrap();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap();
+    let trailers = String::from_utf8_lossy(&body).to_string();
+    let invalid_argument = headers
+        .get("grpc-status")
+        .map_or_else(|| trailers.contains("grpc-status:3\r\n"), |v| v == "3");
+    assert!(invalid_argument, "INVALID_ARGUMENT: {headers:?} {trailers}");
+    let message = headers
+        .get("grpc-message")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or(trailers);
+    assert!(
+        message.contains("not%20a%20valid") || message.contains("not a valid"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("Protobuf") && !message.contains("buffer"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -135,6 +135,42 @@ impl Parse<i32> for Enum {
     }
 }
 
+/// A 32-bit integer field marked `(reviews.v1.saturating)`: a well-formed integer beyond the
+/// type's range is read as its nearest end (the service then clamps it to its own bound), so
+/// `count=1000000000000` asks for the largest page rather than failing.
+pub struct Saturating(pub &'static str);
+
+impl Parse<i32> for Saturating {
+    fn must_be(&self) -> &'static str {
+        self.0
+    }
+
+    fn text(&self, text: &str) -> Option<i32> {
+        if !integer_text(text) {
+            return None;
+        }
+        Some(text.parse().unwrap_or(if text.starts_with('-') {
+            i32::MIN
+        } else {
+            i32::MAX
+        }))
+    }
+
+    fn value(&self, json: Json) -> Option<i32> {
+        match json {
+            Json::String(s) => self.text(&s),
+            Json::Number(n) => {
+                let whole = n
+                    .as_i64()
+                    .map(|i| i as f64)
+                    .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0))?;
+                Some(whole.clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A scalar of a proto field.
 pub trait Scalar: Sized {
     const IS_STRING: bool = false;
@@ -152,11 +188,18 @@ fn integer(json: &Json) -> Option<i64> {
     })
 }
 
+/// Integer text as proto3 JSON writes it: an optional minus and digits, nothing else (Rust's
+/// parser would also take a leading `+`).
+fn integer_text(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 macro_rules! integers {
     ($($t:ty),*) => {$(
         impl Scalar for $t {
             fn from_text(text: &str) -> Option<Self> {
-                text.parse().ok()
+                integer_text(text).then(|| text.parse().ok()).flatten()
             }
 
             fn from_json(json: Json) -> Option<Self> {
@@ -169,7 +212,7 @@ integers!(i32, i64, u32);
 
 impl Scalar for u64 {
     fn from_text(text: &str) -> Option<Self> {
-        text.parse().ok()
+        integer_text(text).then(|| text.parse().ok()).flatten()
     }
 
     fn from_json(json: Json) -> Option<Self> {
@@ -263,6 +306,86 @@ pub fn json_map<K: Hash + Eq, V>(
         }
     }
     (violations.len() == before).then_some(map)
+}
+
+/// Parses a JSON document as `serde_json` does, but refuses an object that names a member twice
+/// (`serde_json` would keep the last one silently, so two clients could read one body two ways).
+pub fn parse_json(bytes: &[u8]) -> Result<Json, serde_json::Error> {
+    use serde::de::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = de.deserialize_any(Strict)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Builds a [`Json`] value, refusing repeated object members at any depth.
+struct Strict;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Json;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Json, D::Error> {
+        de.deserialize_any(Strict)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Json, E> {
+        Ok(Json::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Strict)? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut object = JsonObject::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format_args!(
+                    "the member {shown:?} is given more than once"
+                )));
+            }
+            let value = map.next_value_seed(Strict)?;
+            object.insert(key, value);
+        }
+        Ok(Json::Object(object))
+    }
 }
 
 macro_rules! write_numbers {
@@ -404,6 +527,48 @@ mod tests {
         assert_eq!(Parse::<i32>::json(&p, Json::Bool(true), "n", &mut v), None);
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].field, "n");
+    }
+
+    #[test]
+    fn integer_text_is_an_optional_minus_and_digits() {
+        assert_eq!(i32::from_text("-2"), Some(-2));
+        assert_eq!(i32::from_text("+2"), None);
+        assert_eq!(i32::from_text(" 2"), None);
+        assert_eq!(i32::from_text(""), None);
+        assert_eq!(u64::from_text("+2"), None);
+        let p = Plain("a 32-bit integer");
+        let mut v = Vec::new();
+        assert_eq!(Parse::<i32>::json(&p, Json::from("+2"), "n", &mut v), None);
+    }
+
+    #[test]
+    fn saturating_integers_clamp_to_the_range_and_refuse_the_rest() {
+        let s = Saturating("a 32-bit integer");
+        assert_eq!(s.text("1000000000000"), Some(i32::MAX));
+        assert_eq!(s.text("-99999999999999999999999"), Some(i32::MIN));
+        assert_eq!(s.text("7"), Some(7));
+        assert_eq!(s.text("+7"), None);
+        assert_eq!(s.text("1e3"), None);
+        assert_eq!(s.value(serde_json::json!(1e300)), Some(i32::MAX));
+        assert_eq!(
+            s.value(serde_json::json!(18446744073709551615u64)),
+            Some(i32::MAX)
+        );
+        assert_eq!(s.value(serde_json::json!(2.5)), None);
+        assert_eq!(s.value(Json::from("12")), Some(12));
+    }
+
+    #[test]
+    fn json_with_a_repeated_member_is_refused_at_any_depth() {
+        assert!(parse_json(br#"{"a": 1, "b": {"c": [1, {"d": null}]}}"#).is_ok());
+        let e = parse_json(br#"{"a": 1, "a": 2}"#).unwrap_err().to_string();
+        assert!(e.contains("\"a\" is given more than once"), "{e}");
+        assert!(parse_json(br#"{"x": [{"k": 1, "k": 1}]}"#).is_err());
+        assert!(parse_json(br#"{"a": 1} x"#).is_err(), "trailing text");
+        assert_eq!(
+            parse_json(br#"{"n": 1.5, "s": "t", "z": -3}"#).unwrap(),
+            serde_json::json!({"n": 1.5, "s": "t", "z": -3})
+        );
     }
 
     #[test]

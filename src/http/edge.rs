@@ -14,7 +14,7 @@ use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use super::codec::{FromHttp, Seen, WriteJson};
+use super::codec::{self, FromHttp, Seen, WriteJson};
 use super::response::{error_response, json_error};
 use crate::error::{Error, FieldViolation};
 use crate::service::Context;
@@ -211,26 +211,24 @@ fn query_pairs(query: &str, violations: &mut Vec<FieldViolation>) -> Vec<(String
     pairs
 }
 
-/// The body as JSON: a JSON content type (when one is given), at most `max_body` bytes, and
-/// well-formed.
+/// The body as JSON: sent as `application/json`, at most `max_body` bytes, well-formed, and no
+/// object member given twice.
 async fn read_json(
     max_body: usize,
     headers: &http::HeaderMap,
     body: Body,
 ) -> Result<serde_json::Value, Response> {
-    if let Some(ct) = headers.get(CONTENT_TYPE) {
-        let json = ct
-            .to_str()
-            .ok()
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Err(json_error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be application/json",
-            ));
-        }
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|ct| ct.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be sent as Content-Type: application/json",
+        ));
     }
     let too_large = || {
         json_error(
@@ -262,7 +260,7 @@ async fn read_json(
             "a JSON object is required",
         )));
     }
-    serde_json::from_slice(&bytes)
+    codec::parse_json(&bytes)
         .map_err(|e| error_response(Error::invalid("body", format!("is not valid JSON: {e}"))))
 }
 
