@@ -1,6 +1,7 @@
-//! tonic's protobuf codec, except that a request that is not valid protobuf is the caller's
-//! mistake: `INVALID_ARGUMENT` with a short message, not `INTERNAL` with the decoder's account of
-//! where it stopped (which names internals and can be long).
+//! A request that is not valid protobuf, or not a well-formed gRPC or gRPC-Web message, is the
+//! caller's mistake: `INVALID_ARGUMENT` with a short message, not `INTERNAL` with the decoder's
+//! account of where it stopped (which names internals and can be long). The codec handles the
+//! protobuf; [`malformed_is_invalid_argument`] the framing, which tonic checks before any codec.
 
 use std::marker::PhantomData;
 
@@ -47,5 +48,44 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
         U::decode(buf).map(Some).map_err(|_| {
             Status::invalid_argument("the message is not a valid reviews.v1 protobuf message")
         })
+    }
+}
+
+/// What tonic and tonic-web answer, as `INTERNAL`, to a request that is not a well-formed gRPC
+/// or gRPC-Web message, before any handler runs: the start of each `grpc-message`. The service's
+/// own `INTERNAL` says "internal error" and is left alone.
+const MALFORMED: [&str; 4] = [
+    "Unexpected EOF decoding stream",
+    "protocol error: received message with compressed-flag",
+    "tonic-web: ",
+    "failed to decode",
+];
+
+/// The message a malformed request gets instead of the decoder's account of it.
+pub const MALFORMED_MESSAGE: &str = "the request is not a well-formed gRPC message";
+
+/// Turns a trailers-only `INTERNAL` answer to a malformed request into `INVALID_ARGUMENT` with a
+/// short message (the caller's mistake, said without the decoder's internals).
+pub fn malformed_is_invalid_argument(headers: &mut http::HeaderMap) {
+    if headers.get("grpc-status").is_none_or(|s| s != "13") {
+        return;
+    }
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(|m| {
+            percent_encoding::percent_decode_str(m)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    if MALFORMED.iter().any(|p| message.starts_with(p)) {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        let encoded = MALFORMED_MESSAGE.replace(' ', "%20");
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_str(&encoded).expect("ASCII"),
+        );
+        headers.remove("grpc-status-details-bin");
     }
 }

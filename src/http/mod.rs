@@ -75,7 +75,14 @@ pub fn router(
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics_text))
         .with_state(probes);
-    let grpc_web = grpc.layer(tonic_web::GrpcWebLayer::new());
+    let grpc_web =
+        grpc.layer(tonic_web::GrpcWebLayer::new())
+            .layer(axum::middleware::map_response(
+                |mut r: Response| async move {
+                    crate::grpc::codec::malformed_is_invalid_argument(r.headers_mut());
+                    r
+                },
+            ));
     let edge = Edge {
         api: JsonHandlers::new(service),
         max_body: cfg.max_body,
