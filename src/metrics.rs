@@ -46,6 +46,8 @@ pub struct CacheMetrics {
 pub struct Metrics {
     /// Every HTTP request the server answered (gRPC, gRPC-Web, JSON, probes).
     pub requests: Counter,
+    /// Requests answered at once as overloaded, beyond the in-flight limit.
+    pub shed: Counter,
     /// Reads answered by a read replica.
     pub replica_reads: Counter,
     pub cache: CacheMetrics,
@@ -60,6 +62,11 @@ impl Metrics {
                 "reviews_requests_total",
                 "Requests answered, of every protocol.",
                 self.requests.get(),
+            ),
+            (
+                "reviews_requests_shed_total",
+                "Requests refused at once because the in-flight limit was reached.",
+                self.shed.get(),
             ),
             (
                 "reviews_replica_reads_total",

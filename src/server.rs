@@ -62,6 +62,11 @@ pub struct ServerArgs {
     /// Largest JSON request body, in bytes; larger ones get 413.
     #[arg(long = "max-body-bytes", env = "REVIEWS_MAX_BODY_BYTES", default_value_t = http::DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
+    /// Requests (gRPC, gRPC-Web, JSON) served at once; beyond it a request is refused at once
+    /// (503 with Retry-After, or UNAVAILABLE) instead of queueing for a database connection.
+    /// Default: 8 per database connection. Probes and metrics are never refused.
+    #[arg(long = "max-in-flight", env = "REVIEWS_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: Option<u32>,
 }
 
 impl ServerArgs {
@@ -72,6 +77,7 @@ impl ServerArgs {
             http: HttpConfig {
                 cors_origins: self.cors_origins.clone(),
                 max_body: self.max_body_bytes,
+                max_in_flight: self.max_in_flight.map(|n| n as usize),
             },
         }
     }
@@ -96,6 +102,11 @@ impl Default for ServerOptions {
         }
     }
 }
+
+/// Requests admitted at once per database connection, unless `--max-in-flight` says otherwise:
+/// enough that cache hits and short queries never wait on the limit, few enough that a request
+/// past it would have waited seconds for a connection.
+const IN_FLIGHT_PER_CONNECTION: usize = 8;
 
 /// What the server is built from: where it listens, its database, its cache, its options.
 #[derive(Debug, Clone)]
@@ -145,11 +156,18 @@ impl Application {
                 None
             }
         };
+        let mut options = settings.options;
+        options.http.max_in_flight = Some(
+            options
+                .http
+                .max_in_flight
+                .unwrap_or(IN_FLIGHT_PER_CONNECTION * settings.db.pool_size as usize),
+        );
         Ok(Self {
             listener,
             service: Service::new(db, cache, metrics.clone()),
             metrics,
-            options: settings.options,
+            options,
         })
     }
 

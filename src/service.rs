@@ -198,6 +198,8 @@ impl Service {
         Fut: Future<Output = Result<Bytes, Error>>,
     {
         let Some(cache) = &self.cache else {
+            #[cfg(feature = "test-hooks")]
+            self.hooks.during_load().await;
             return load(None).await;
         };
         let miss = match cache.lookup(&entry, format, self.db.has_replicas()).await {

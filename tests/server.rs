@@ -401,3 +401,103 @@ async fn a_drain_under_load_loses_no_accepted_call() {
         "{refused_before} calls from before the shutdown failed"
     );
 }
+
+/// Past the in-flight limit a request is refused at once, in its own protocol's terms, while the
+/// requests admitted carry on and probes and metrics still answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_in_flight_limit_requests_are_refused_at_once_and_probes_still_answer() {
+    use futures_util::FutureExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    // Every database read waits at this gate until the test opens it.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let reached = Arc::new(AtomicUsize::new(0));
+    let hook = {
+        let (gate, reached) = (gate.clone(), reached.clone());
+        Arc::new(move || {
+            let (gate, reached) = (gate.clone(), reached.clone());
+            async move {
+                reached.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+            }
+            .boxed()
+        })
+    };
+    let db = common::fresh_db(common::SAMPLE_TEMPLATE).await;
+    let mut setup = common::Setup::new(DbConfig::new(&db));
+    setup.options.http.max_in_flight = Some(2);
+    setup.hooks.during_load = Some(hook);
+    let s = TestServer::launch(setup).await;
+    let base = format!("http://{}", s.addr);
+    // A refusal comes at once; a request that queued instead would fail this test by its timeout.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // Two slow reads, one JSON and one gRPC, take the two places.
+    let json_read = tokio::spawn(http.get(format!("{base}/reviews?product_id=1")).send());
+    let mut grpc = s.client.clone();
+    let grpc_read = tokio::spawn(async move {
+        grpc.get_review_meta(pb::GetReviewMetaRequest { product_id: 2 })
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            reached.load(Ordering::SeqCst) == 2
+        })
+        .await,
+        "both reads are in their database load"
+    );
+
+    // JSON: 503 with Retry-After and a JSON body.
+    let r = http
+        .get(format!("{base}/reviews/meta?product_id=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "unavailable");
+    assert!(body["error"].as_str().unwrap().contains("overloaded"));
+    // gRPC: UNAVAILABLE, which gRPC clients may retry.
+    let err = s
+        .client
+        .clone()
+        .get_review_meta(pb::GetReviewMetaRequest { product_id: 3 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("overloaded"), "{}", err.message());
+    // gRPC-Web: the same status, trailers-only.
+    let r = http
+        .post(format!("{base}/reviews.v1.ReviewService/GetReviewMeta"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(vec![0u8, 0, 0, 0, 2, 0x08, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["grpc-status"], "14");
+    assert_eq!(r.headers()["content-type"], "application/grpc-web+proto");
+    // Probes and metrics are never refused.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "{path}");
+    }
+    assert_eq!(s.metrics().await["reviews_requests_shed_total"], 3);
+
+    // The admitted reads finish normally, and then there is room again.
+    gate.add_permits(1_000);
+    let r = json_read.await.unwrap().unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert!(grpc_read.await.unwrap().is_ok());
+    let r = http
+        .get(format!("{base}/reviews/meta?product_id=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+}

@@ -8,17 +8,20 @@ mod response;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::header::{self, HeaderName, CONTENT_TYPE};
 use http::{HeaderValue, Method, StatusCode};
+use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use handlers::{Json, JsonHandlers};
 pub use response::INVALID_PRODUCT_ID;
 
 use self::edge::Edge;
+use self::response::json_error;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::service::Service;
@@ -36,6 +39,8 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// Largest JSON body accepted, in bytes.
     pub max_body: usize,
+    /// Requests served at once; `None` for no limit (the server sets one from its pool).
+    pub max_in_flight: Option<usize>,
 }
 
 impl Default for HttpConfig {
@@ -43,8 +48,72 @@ impl Default for HttpConfig {
         Self {
             cors_origins: vec!["*".into()],
             max_body: DEFAULT_MAX_BODY,
+            max_in_flight: None,
         }
     }
+}
+
+/// The in-flight limit in front of the gRPC, gRPC-Web and JSON routes.
+#[derive(Clone)]
+struct Admission {
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// Serves the request if a permit is free, and refuses it at once otherwise. Hand-written rather
+/// than tower's `load_shed` over a concurrency limit because the refusal depends on the request:
+/// a gRPC or gRPC-Web caller needs a gRPC status, a JSON caller a 503, and tower's error handler
+/// sees only the error.
+async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
+    match admission.permits.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            admission.metrics.shed.inc();
+            overloaded(&request)
+        }
+    }
+}
+
+const OVERLOADED: &str = "the service is overloaded, retry shortly";
+
+fn overloaded(request: &Request) -> Response {
+    let ct = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if ct.starts_with("application/grpc") {
+        // A trailers-only answer: the status in the headers, no message.
+        let reply = if ct.starts_with("application/grpc-web-text") {
+            "application/grpc-web-text"
+        } else if ct.starts_with("application/grpc-web") {
+            "application/grpc-web+proto"
+        } else {
+            "application/grpc"
+        };
+        let mut response = (
+            [
+                (CONTENT_TYPE, HeaderValue::from_static(reply)),
+                (
+                    HeaderName::from_static("grpc-status"),
+                    HeaderValue::from(tonic::Code::Unavailable as i32),
+                ),
+                (
+                    HeaderName::from_static("grpc-message"),
+                    HeaderValue::from_static("the%20service%20is%20overloaded,%20retry%20shortly"),
+                ),
+            ],
+            (),
+        )
+            .into_response();
+        *response.status_mut() = StatusCode::OK;
+        return response;
+    }
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", OVERLOADED);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 #[derive(Clone)]
@@ -68,6 +137,7 @@ pub fn router(
         counted.requests.inc();
         request
     });
+    let shed_metrics = metrics.clone();
     let probes = Probes { readiness, metrics };
     let fixed = axum::Router::new()
         .route("/healthz", get(healthz))
@@ -87,9 +157,20 @@ pub fn router(
         api: JsonHandlers::new(service),
         max_body: cfg.max_body,
     };
-    let json = axum::Router::new()
+    let mut json = axum::Router::new()
         .fallback(edge::handle::<JsonHandlers>)
         .with_state(Arc::new(edge));
+    let mut grpc_web = grpc_web;
+    if let Some(limit) = cfg.max_in_flight {
+        // One limit for both: the gRPC and the JSON routes share the database.
+        let admission = Admission {
+            permits: Arc::new(Semaphore::new(limit)),
+            metrics: shed_metrics,
+        };
+        let layer = axum::middleware::from_fn_with_state(admission, admit);
+        grpc_web = grpc_web.layer(layer.clone());
+        json = json.layer(layer);
+    }
     fixed
         .merge(grpc_web)
         .fallback_service(json)

@@ -1,5 +1,6 @@
 //! Test hooks (feature `test-hooks`, off in the shipped binary): pause a read inside its
-//! database load or between its load and its fill, so tests can make races deterministic.
+//! database load (every read without a cache; a miss's load with one) or between its load and
+//! its fill, so tests can make races deterministic.
 
 use std::sync::Arc;
 
