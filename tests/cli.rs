@@ -288,6 +288,12 @@ async fn serve_configured_by_the_environment_only_answers_json_grpc_and_health()
     let addr = served_addr(&line);
     answers_json_grpc_and_health(addr).await;
     create_with_request_ids(addr).await;
+    // The log lines reach the pipe a moment after the replies reach the client.
+    for id in ["cli-json-1", "cli-grpc-1"] {
+        server
+            .stderr_line(&format!("\"request_id\":\"{id}\""), Duration::from_secs(10))
+            .await;
+    }
     let logged = server
         .stderr()
         .iter()
