@@ -451,12 +451,14 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once_and_probes_still_
         "both reads are in their database load"
     );
 
+    let meta_3 = || async {
+        http.get(format!("{base}/reviews/meta?product_id=3"))
+            .send()
+            .await
+            .unwrap()
+    };
     // JSON: 503 with Retry-After and a JSON body.
-    let r = http
-        .get(format!("{base}/reviews/meta?product_id=3"))
-        .send()
-        .await
-        .unwrap();
+    let r = meta_3().await;
     assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers()["retry-after"], "1");
     let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
@@ -494,10 +496,5 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once_and_probes_still_
     let r = json_read.await.unwrap().unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     assert!(grpc_read.await.unwrap().is_ok());
-    let r = http
-        .get(format!("{base}/reviews/meta?product_id=3"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert_eq!(meta_3().await.status(), reqwest::StatusCode::OK);
 }

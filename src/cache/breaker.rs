@@ -70,8 +70,14 @@ impl Breaker {
     }
 
     pub fn succeeded(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
+        // Every Redis call ends here: read before writing, so that a healthy cache does not make
+        // the cores fight over these two words.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.open_until.load(Ordering::Acquire) != 0
+            && self.open_until.swap(0, Ordering::AcqRel) != 0
+        {
             let open_for = self.now_ms() - self.opened_at.load(Ordering::Relaxed);
             let skipped = self.skipped.swap(0, Ordering::Relaxed);
             tracing::info!(

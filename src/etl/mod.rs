@@ -386,9 +386,17 @@ async fn copy_product_stats(tx: &Transaction<'_>, seen: &Seen) -> anyhow::Result
         .await?;
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &TYPES));
     for (product, counts) in seen.product_counts.iter() {
-        let counts = counts.map(i64::from);
-        let mut row: Vec<&(dyn ToSql + Sync)> = vec![&product];
-        row.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+        let [r1, r2, r3, r4, r5, not_recommended, recommended] = counts.map(i64::from);
+        let row: [&(dyn ToSql + Sync); 8] = [
+            &product,
+            &r1,
+            &r2,
+            &r3,
+            &r4,
+            &r5,
+            &not_recommended,
+            &recommended,
+        ];
         writer.as_mut().write(&row).await?;
     }
     writer.finish().await?;

@@ -80,13 +80,12 @@ pub async fn definitions(db: &tokio_postgres::Client) -> anyhow::Result<Definiti
         constraints: Vec::new(),
         lanes: TABLES.iter().map(|t| (t.to_string(), Vec::new())).collect(),
     };
-    let lane = |defs: &mut Definitions, table: &str| -> anyhow::Result<usize> {
-        defs.lanes
-            .iter()
-            .position(|(t, _)| t == table)
-            .ok_or_else(|| anyhow::anyhow!("unexpected table {table}"))
-    };
-    let mut validations = Vec::new();
+    // A lane holds its table's other indexes first, then its foreign-key checks.
+    for row in indexes {
+        let (table, def): (String, String) = (row.get(0), row.get(1));
+        let sql = to_staging(&table, &def)?;
+        defs.lane(&table)?.push(sql);
+    }
     for row in constraints {
         let (table, name, def, index): (String, String, String, Option<String>) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -107,27 +106,27 @@ pub async fn definitions(db: &tokio_postgres::Client) -> anyhow::Result<Definiti
                 // References name the live tables; in the staging schema, first on the path
                 // when these run, the same names are the staging tables.
                 defs.constraints.push(format!("{alter} {def} NOT VALID"));
-                validations.push((
-                    table.clone(),
-                    format!("ALTER TABLE {SCHEMA}.{table} VALIDATE CONSTRAINT {name}"),
+                defs.lane(&table)?.push(format!(
+                    "ALTER TABLE {SCHEMA}.{table} VALIDATE CONSTRAINT {name}"
                 ));
             }
         }
-    }
-    for row in indexes {
-        let (table, def): (String, String) = (row.get(0), row.get(1));
-        let sql = to_staging(&table, &def)?;
-        let i = lane(&mut defs, &table)?;
-        defs.lanes[i].1.push(sql);
-    }
-    for (table, sql) in validations {
-        let i = lane(&mut defs, &table)?;
-        defs.lanes[i].1.push(sql);
     }
     for (table, statements) in &mut defs.lanes {
         statements.push(format!("ANALYZE {SCHEMA}.{table}"));
     }
     Ok(defs)
+}
+
+impl Definitions {
+    /// The statements that run on `table` alone, after its keys.
+    fn lane(&mut self, table: &str) -> anyhow::Result<&mut Vec<String>> {
+        self.lanes
+            .iter_mut()
+            .find(|(t, _)| t == table)
+            .map(|(_, statements)| statements)
+            .ok_or_else(|| anyhow::anyhow!("unexpected table {table}"))
+    }
 }
 
 /// An index definition of a live table, on the staging table instead.

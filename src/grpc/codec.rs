@@ -80,12 +80,9 @@ pub fn malformed_is_invalid_argument(headers: &mut http::HeaderMap) {
         })
         .unwrap_or_default();
     if MALFORMED.iter().any(|p| message.starts_with(p)) {
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-        let encoded = MALFORMED_MESSAGE.replace(' ', "%20");
-        headers.insert(
-            "grpc-message",
-            http::HeaderValue::from_str(&encoded).expect("ASCII"),
-        );
         headers.remove("grpc-status-details-bin");
+        Status::invalid_argument(MALFORMED_MESSAGE)
+            .add_header(headers)
+            .expect("a fixed ASCII message");
     }
 }

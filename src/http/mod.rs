@@ -83,7 +83,7 @@ fn overloaded(request: &Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if ct.starts_with("application/grpc") {
-        // A trailers-only answer: the status in the headers, no message.
+        // A trailers-only answer: the status in the headers, no message, in the caller's framing.
         let reply = if ct.starts_with("application/grpc-web-text") {
             "application/grpc-web-text"
         } else if ct.starts_with("application/grpc-web") {
@@ -91,22 +91,10 @@ fn overloaded(request: &Request) -> Response {
         } else {
             "application/grpc"
         };
-        let mut response = (
-            [
-                (CONTENT_TYPE, HeaderValue::from_static(reply)),
-                (
-                    HeaderName::from_static("grpc-status"),
-                    HeaderValue::from(tonic::Code::Unavailable as i32),
-                ),
-                (
-                    HeaderName::from_static("grpc-message"),
-                    HeaderValue::from_static("the%20service%20is%20overloaded,%20retry%20shortly"),
-                ),
-            ],
-            (),
-        )
-            .into_response();
-        *response.status_mut() = StatusCode::OK;
+        let mut response: Response = tonic::Status::unavailable(OVERLOADED).into_http();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(reply));
         return response;
     }
     let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", OVERLOADED);
@@ -145,7 +133,7 @@ pub fn router(
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics_text))
         .with_state(probes);
-    let grpc_web =
+    let mut grpc_web =
         grpc.layer(tonic_web::GrpcWebLayer::new())
             .layer(axum::middleware::map_response(
                 |mut r: Response| async move {
@@ -160,7 +148,6 @@ pub fn router(
     let mut json = axum::Router::new()
         .fallback(edge::handle::<JsonHandlers>)
         .with_state(Arc::new(edge));
-    let mut grpc_web = grpc_web;
     if let Some(limit) = cfg.max_in_flight {
         // One limit for both: the gRPC and the JSON routes share the database.
         let admission = Admission {
