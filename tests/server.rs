@@ -498,3 +498,98 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once_and_probes_still_
     assert!(grpc_read.await.unwrap().is_ok());
     assert_eq!(meta_3().await.status(), reqwest::StatusCode::OK);
 }
+
+/// The server's connections to its database, as PostgreSQL counts them.
+async fn backends(sql: &tokio_postgres::Client) -> i64 {
+    sql.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// `calls` concurrent GetReviewMeta calls over one channel (fewer than the default in-flight
+/// limit); panics if any fails.
+async fn concurrent_meta(s: &TestServer, calls: i32) {
+    let reads = (0..calls).map(|i| {
+        let mut client = s.client.clone();
+        async move {
+            client
+                .get_review_meta(pb::GetReviewMetaRequest {
+                    product_id: 1 + i % 20,
+                })
+                .await
+        }
+    });
+    for result in futures_util::future::join_all(reads).await {
+        result.expect("every read succeeds");
+    }
+}
+
+/// Short reads pipeline over the read lanes: however many run at once, they use the lanes'
+/// connections (and the one bb8 keeps idle), where exclusive checkouts open the whole pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reads_share_the_read_lanes_connections() {
+    let mut used = Vec::new();
+    for lanes in [2, 0] {
+        let mut db = DbConfig::new(common::fresh_db(common::SAMPLE_TEMPLATE).await);
+        db.read_lanes = lanes;
+        let s = TestServer::start_with(db).await;
+        let sql = s.sql().await;
+        concurrent_meta(&s, 60).await;
+        used.push(backends(&sql).await);
+    }
+    assert!(
+        used[0] <= 3,
+        "2 lanes, 60 concurrent reads: {} connections",
+        used[0]
+    );
+    assert!(
+        used[1] > 3,
+        "no lanes, 60 concurrent reads: {} connections",
+        used[1]
+    );
+}
+
+/// A lane whose connection dies (its backend terminated, as a PostgreSQL restart or a failover
+/// would) is replaced, and the reads queued on it run again on a fresh connection: none fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_lane_whose_connection_dies_fails_no_read() {
+    let s = TestServer::start(&common::fresh_db(common::SAMPLE_TEMPLATE).await).await;
+    let sql = s.sql().await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let reads = async {
+        let mut batches = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            concurrent_meta(&s, 50).await;
+            batches += 1;
+        }
+        batches
+    };
+    let kills = async {
+        let mut killed = 0;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let n: i64 = sql
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND query LIKE '%product_stats%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            killed += n;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        killed
+    };
+    let (batches, killed) = tokio::join!(reads, kills);
+    assert!(killed >= 5, "lane backends terminated: {killed}");
+    assert!(batches >= 5, "{batches} batches of 50 reads");
+}

@@ -19,6 +19,7 @@ const SETTINGS: &[&str] = &[
     "REDIS_URL",
     "REVIEWS_LISTEN",
     "REVIEWS_DB_POOL_SIZE",
+    "REVIEWS_DB_READ_LANES",
     "REVIEWS_DB_CONNECT_TIMEOUT",
     "REVIEWS_DB_TIMEOUT",
     "REVIEWS_CACHE_TTL",
@@ -29,6 +30,7 @@ const SETTINGS: &[&str] = &[
     "REVIEWS_CORS_ORIGINS",
     "REVIEWS_MAX_CONNECTION_AGE",
     "REVIEWS_MAX_BODY_BYTES",
+    "REVIEWS_MAX_IN_FLIGHT",
     "REVIEWS_REJECTS",
     "REVIEWS_DEV_DATA",
 ];
@@ -149,6 +151,7 @@ fn every_subcommand_parses_from_the_environment_only() {
         ("REDIS_URL", "redis://redis:6379/"),
         ("REVIEWS_LISTEN", "0.0.0.0:50051"),
         ("REVIEWS_DB_POOL_SIZE", "8"),
+        ("REVIEWS_DB_READ_LANES", "3"),
         ("REVIEWS_REDIS_CONNECTIONS", "4"),
         ("REVIEWS_DB_TIMEOUT", "5s"),
         ("REVIEWS_CACHE_TTL", "60s"),
@@ -159,6 +162,7 @@ fn every_subcommand_parses_from_the_environment_only() {
     ];
     let serve = serve_config(parse_with(&env, &["serve"]).unwrap());
     assert_eq!((serve.db.pool_size, serve.cache.connections), (8, 4));
+    assert_eq!((serve.db.read_lanes, serve.db.lanes()), (3, 3));
     assert_eq!(
         serve.server.max_connection_age,
         Some(Duration::from_secs(300))

@@ -4,6 +4,7 @@
 
 mod cached;
 mod config;
+mod lanes;
 pub mod queries;
 pub mod schema;
 mod writes;
@@ -16,6 +17,7 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::error::Error;
@@ -24,10 +26,12 @@ use crate::metrics::Metrics;
 use crate::reviews::{Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort};
 
 pub use self::config::DbConfig;
+use self::lanes::{Lane, Lanes};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-pub type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+type Manager = AsyncDieselConnectionManager<AsyncPgConnection>;
+pub type Pool = bb8::Pool<Manager>;
 
 /// Builds the pool without connecting, so the service can start (not ready) while the database
 /// is down. Checkouts fail fast after `connect_timeout` instead of bb8's silent 30 s retry, and
@@ -111,9 +115,11 @@ pub struct Committed<T> {
 #[derive(Clone)]
 pub struct Db {
     primary: Pool,
+    /// Reads on the primary, pipelined over a share of its pool.
+    reads: Arc<Lanes>,
     /// Read replicas, used only for reads whose caller knows the WAL position they need and
-    /// only when a replica has replayed that far (see `read_conn`).
-    replicas: Option<Pool>,
+    /// only when a replica has replayed that far (see `read_lane`).
+    replicas: Option<Arc<Lanes>>,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -121,20 +127,24 @@ pub struct Db {
 /// How long a read waits for a replica connection before using the primary.
 const REPLICA_CHECKOUT: Duration = Duration::from_millis(50);
 
-type Conn<'a> = bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+/// Rows a list read may skip and return and still count as short, so that it shares a lane.
+const SHORT_READ_ROWS: i64 = 200;
 
 impl Db {
     /// The pools of `cfg` (the replicas' too, when `read_url` is set), built without connecting.
     pub fn new(cfg: &DbConfig, metrics: Arc<Metrics>) -> Self {
         let replicas = cfg.read_url.as_ref().map(|url| {
-            pool(&DbConfig {
+            let replica = pool(&DbConfig {
                 url: url.clone(),
                 read_url: None,
                 ..cfg.clone()
-            })
+            });
+            Arc::new(Lanes::new(replica, cfg.lanes()))
         });
+        let primary = pool(cfg);
         Self {
-            primary: pool(cfg),
+            reads: Arc::new(Lanes::new(primary.clone(), cfg.lanes())),
+            primary,
             replicas,
             timeout: cfg.query_timeout,
             metrics,
@@ -152,23 +162,54 @@ impl Db {
         &self.primary
     }
 
-    /// A connection for a read whose data must include WAL position `needed`: a replica that
-    /// has replayed that far, else the primary. Without a known position, the primary.
-    async fn read_conn(&self, needed: Option<Lsn>) -> Result<Conn<'_>, Error> {
+    /// A lane for a read whose data must include WAL position `needed`: a replica's that has
+    /// replayed that far, else the primary's. Without a known position, the primary's.
+    async fn read_lane(&self, needed: Option<Lsn>, long: bool) -> Result<(Lane, &Lanes), Error> {
         if let (Some(replicas), Some(needed)) = (&self.replicas, needed) {
             // A replica that is down must not slow reads down: give it little time.
-            let checkout = tokio::time::timeout(REPLICA_CHECKOUT, replicas.get()).await;
-            if let Ok(Ok(mut conn)) = checkout {
-                if queries::replayed_past(&mut conn, needed.get())
-                    .await
-                    .unwrap_or(false)
-                {
-                    self.metrics.replica_reads.inc();
-                    return Ok(conn);
+            let checkout = tokio::time::timeout(REPLICA_CHECKOUT, replicas.get(long)).await;
+            if let Ok(Ok(lane)) = checkout {
+                match queries::replayed_past(&lane, needed.get()).await {
+                    Ok(true) => {
+                        self.metrics.replica_reads.inc();
+                        return Ok((lane, replicas));
+                    }
+                    Ok(false) => {}
+                    Err(_) => replicas.retire(&lane),
                 }
             }
         }
-        Ok(self.primary.get().await?)
+        Ok((self.reads.get(long).await?, &self.reads))
+    }
+
+    /// Runs one read (`long`: one that may take long, which gets a connection of its own) on a
+    /// lane that has `needed`. A read whose connection turns out broken (PostgreSQL restarted,
+    /// its backend was terminated) retires the lane and runs again on a fresh connection: a
+    /// read changes nothing, so trying again is safe, and a lane's break does not fail the reads
+    /// that were queued on it.
+    async fn read<T, F>(&self, needed: Option<Lsn>, long: bool, query: F) -> Result<T, Error>
+    where
+        F: for<'c> Fn(&'c AsyncPgConnection) -> BoxFuture<'c, Result<T, Error>>,
+    {
+        self.run(async {
+            let (lane, lanes) = self.read_lane(needed, long).await?;
+            let mut result = query(&lane).await;
+            if matches!(result, Err(Error::Unavailable(_))) {
+                lanes.retire(&lane);
+                // On connections of its own, not another lane: what breaks one (a restart)
+                // breaks them all. Twice: an idle connection checked out just as it broke (the
+                // pool has not yet seen it close) fails too.
+                for _ in 0..2 {
+                    let (own, _) = self.read_lane(needed, true).await?;
+                    result = query(&own).await;
+                    if !matches!(result, Err(Error::Unavailable(_))) {
+                        break;
+                    }
+                }
+            }
+            result
+        })
+        .await
     }
 
     /// One page of a product's listable reviews, from a connection that has `needed`.
@@ -179,9 +220,9 @@ impl Db {
         page: PageRequest,
         sort: Sort,
     ) -> Result<Vec<Review>, Error> {
-        self.run(async {
-            let mut conn = self.read_conn(needed).await?;
-            queries::list_reviews(&mut conn, product, page, sort).await
+        let long = page.offset() + i64::from(page.size()) > SHORT_READ_ROWS;
+        self.read(needed, long, |conn| {
+            queries::list_reviews(conn, product, page, sort).boxed()
         })
         .await
     }
@@ -192,9 +233,8 @@ impl Db {
         needed: Option<Lsn>,
         product: ProductId,
     ) -> Result<Meta, Error> {
-        self.run(async {
-            let mut conn = self.read_conn(needed).await?;
-            queries::review_meta(&mut conn, product).await
+        self.read(needed, false, |conn| {
+            queries::review_meta(conn, product).boxed()
         })
         .await
     }

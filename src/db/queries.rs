@@ -92,7 +92,7 @@ impl From<ReviewRow> for Review {
 }
 
 pub async fn list_reviews(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     product: ProductId,
     page: PageRequest,
     sort: Sort,
@@ -103,7 +103,7 @@ pub async fn list_reviews(
             .bind::<BigInt, _>(i64::from(page.size()))
             .bind::<BigInt, _>(page.offset()),
     )
-    .load(conn)
+    .load(&mut conn)
     .await?;
     Ok(rows.into_iter().map(Review::from).collect())
 }
@@ -145,9 +145,9 @@ struct MetaRow {
     value_count: Option<i64>,
 }
 
-pub async fn review_meta(conn: &mut AsyncPgConnection, product: ProductId) -> Result<Meta, Error> {
+pub async fn review_meta(mut conn: &AsyncPgConnection, product: ProductId) -> Result<Meta, Error> {
     let rows: Vec<MetaRow> = cached(diesel::sql_query(META_SQL).bind::<Int4, _>(product.get()))
-        .load(conn)
+        .load(&mut conn)
         .await?;
     let mut meta = Meta::default();
     if let Some(first) = <[MetaRow]>::first(&rows) {
@@ -204,14 +204,14 @@ struct Replayed {
 }
 
 /// Whether this server has replayed the WAL past `lsn` (a primary always has).
-pub async fn replayed_past(conn: &mut AsyncPgConnection, lsn: i64) -> Result<bool, Error> {
+pub async fn replayed_past(mut conn: &AsyncPgConnection, lsn: i64) -> Result<bool, Error> {
     let r: Replayed = cached(
         diesel::sql_query(
             "SELECT coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn) >= $1, true) AS replayed",
         )
         .bind::<Int8, _>(lsn),
     )
-    .get_result(conn)
+    .get_result(&mut conn)
     .await?;
     Ok(r.replayed)
 }
