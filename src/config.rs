@@ -48,6 +48,14 @@ pub fn parse_database_url(s: &str) -> Result<Secret, String> {
 }
 
 /// A Redis URL (`redis://[user:password@]host:port/[db]`), checked like [`parse_database_url`].
+/// A secret key: at least 16 bytes, so that it is not guessable.
+pub fn parse_secret(s: &str) -> Result<Secret, String> {
+    if s.len() < 16 {
+        return Err("must be at least 16 bytes (e.g. openssl rand -hex 32)".into());
+    }
+    Ok(Secret::new(s))
+}
+
 pub fn parse_redis_url(s: &str) -> Result<Secret, String> {
     use redis::IntoConnectionInfo;
     s.into_connection_info()

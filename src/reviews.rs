@@ -51,6 +51,42 @@ impl ReviewId {
     }
 }
 
+/// The longest voter name a storefront may send (a session or customer id).
+pub const MAX_VOTER_BYTES: usize = 256;
+
+/// A named voter, as the votes table keeps it: the HMAC-SHA256 of the name under the service's
+/// voter key, so the table never holds a session or customer id (and, with a secret key, one
+/// cannot be found again by hashing candidates).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Voter([u8; 32]);
+
+impl Voter {
+    /// The voter named `name` (1 to [`MAX_VOTER_BYTES`] bytes), keyed with `key`.
+    pub fn new(name: &[u8], key: &[u8]) -> Result<Self, Error> {
+        use hmac::{KeyInit, Mac};
+        if name.is_empty() || name.len() > MAX_VOTER_BYTES {
+            return Err(Error::invalid(
+                "reviews-voter",
+                format!("must be 1 to {MAX_VOTER_BYTES} bytes"),
+            ));
+        }
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(name);
+        Ok(Self(mac.finalize().into_bytes().into()))
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Voter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Voter(..)")
+    }
+}
+
 /// The order of a review list; every order ends with the review id descending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Sort {

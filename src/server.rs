@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::cache::{Cache, CacheArgs, CacheConfig};
-use crate::config::{default_duration, parse_duration};
+use crate::config::{default_duration, parse_duration, parse_secret, Secret};
 use crate::db::{Db, DbConfig};
 use crate::grpc::{ReviewsGrpc, FILE_DESCRIPTOR_SET};
 use crate::health::{self, Readiness};
@@ -67,6 +67,11 @@ pub struct ServerArgs {
     /// Default: 8 per database connection. Probes and metrics are never refused.
     #[arg(long = "max-in-flight", env = "REVIEWS_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: Option<u32>,
+    /// The secret key named voters are kept under (HMAC-SHA256 of the `Reviews-Voter` name).
+    /// Every replica needs the same one; unset, a fixed public key is used, and a low-entropy
+    /// voter name (a customer number) could be found again from its hash.
+    #[arg(long = "voter-key", env = "REVIEWS_VOTER_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub voter_key: Option<Secret>,
 }
 
 impl ServerArgs {
@@ -79,6 +84,7 @@ impl ServerArgs {
                 max_body: self.max_body_bytes,
                 max_in_flight: self.max_in_flight.map(|n| n as usize),
             },
+            voter_key: self.voter_key.clone(),
         }
     }
 }
@@ -91,7 +97,12 @@ pub struct ServerOptions {
     /// 0.14.9 setting one skips the GOAWAY and cuts connections abruptly.)
     pub max_connection_age: Option<Duration>,
     pub http: HttpConfig,
+    /// The key voter names are hashed under; `None`: [`PUBLIC_VOTER_KEY`].
+    pub voter_key: Option<Secret>,
 }
+
+/// The voter key when none is configured.
+pub const PUBLIC_VOTER_KEY: &str = "reviews.v1 voter";
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -99,6 +110,7 @@ impl Default for ServerOptions {
             health_interval: default_duration(DEFAULT_HEALTH_INTERVAL),
             max_connection_age: None,
             http: HttpConfig::default(),
+            voter_key: None,
         }
     }
 }
@@ -165,7 +177,16 @@ impl Application {
         );
         Ok(Self {
             listener,
-            service: Service::new(db, cache, metrics.clone()),
+            service: Service::new(
+                db,
+                cache,
+                metrics.clone(),
+                options
+                    .voter_key
+                    .as_ref()
+                    .map_or(PUBLIC_VOTER_KEY, Secret::expose)
+                    .as_bytes(),
+            ),
             metrics,
             options,
         })

@@ -21,7 +21,7 @@ use crate::db::{Committed, Db};
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::reviews::{ListQuery, Meta, NewReview, ProductId, Review, ReviewId};
+use crate::reviews::{ListQuery, Meta, NewReview, ProductId, Review, ReviewId, Voter};
 
 /// How a face sends a read's answer. The cache keeps answers in this form, so a hit is the
 /// face's own bytes, with nothing decoded or re-encoded.
@@ -39,6 +39,9 @@ pub trait Encoding {
 pub struct Context {
     pub request_id: Option<String>,
     pub traceparent: Option<String>,
+    /// Who votes, when the storefront names them (`Reviews-Voter`, or `reviews-voter` in gRPC
+    /// metadata), as sent: validated and hashed by the operations that count votes.
+    pub voter: Option<Vec<u8>>,
 }
 
 impl Context {
@@ -52,6 +55,7 @@ impl Context {
         Self {
             request_id: text("x-request-id"),
             traceparent: text("traceparent"),
+            voter: headers.get("reviews-voter").map(|v| v.as_bytes().to_vec()),
         }
     }
 
@@ -81,16 +85,19 @@ pub struct Service {
     db: Db,
     cache: Option<Cache>,
     metrics: Arc<Metrics>,
+    /// The HMAC key voter names are kept under.
+    voter_key: Arc<[u8]>,
     #[cfg(feature = "test-hooks")]
     hooks: Hooks,
 }
 
 impl Service {
-    pub fn new(db: Db, cache: Option<Cache>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(db: Db, cache: Option<Cache>, metrics: Arc<Metrics>, voter_key: &[u8]) -> Self {
         Self {
             db,
             cache,
             metrics,
+            voter_key: voter_key.into(),
             #[cfg(feature = "test-hooks")]
             hooks: Hooks::default(),
         }
@@ -159,11 +166,14 @@ impl Service {
         Ok(id)
     }
 
+    /// Adds one to a review's helpfulness; a named voter's second vote changes nothing.
     pub async fn mark_review_helpful(&self, ctx: &Context, id: ReviewId) -> Result<(), Error> {
+        let voter = self.voter(ctx)?;
         let this = self.clone();
         detached(async move {
-            let committed = this.db.mark_helpful(id).await?;
-            this.invalidate(committed).await;
+            if let Some(committed) = this.db.mark_helpful(id, voter).await? {
+                this.invalidate(committed).await;
+            }
             Ok(())
         })
         .instrument(ctx.span("MarkReviewHelpful"))
@@ -172,9 +182,10 @@ impl Service {
 
     /// Hides a review from lists and meta counts; reporting twice changes nothing more.
     pub async fn report_review(&self, ctx: &Context, id: ReviewId) -> Result<(), Error> {
+        let voter = self.voter(ctx)?;
         let this = self.clone();
         detached(async move {
-            if let Some(committed) = this.db.report(id).await? {
+            if let Some(committed) = this.db.report(id, voter).await? {
                 this.invalidate(committed).await;
             }
             Ok(())
@@ -187,6 +198,14 @@ impl Service {
             "review reported"
         );
         Ok(())
+    }
+
+    /// The caller's voter, if it names one.
+    fn voter(&self, ctx: &Context) -> Result<Option<Voter>, Error> {
+        ctx.voter
+            .as_deref()
+            .map(|name| Voter::new(name, &self.voter_key))
+            .transpose()
     }
 
     /// The cached answer, or the loaded one (shared by concurrent misses of the same answer),

@@ -280,7 +280,8 @@ async fn loading_again_replaces_the_data_set_with_the_same_result() {
     db.batch_execute(
         "CREATE SCHEMA reviews_staging;
          CREATE TABLE reviews_staging.reviews (id int PRIMARY KEY);
-         INSERT INTO reviews_staging.reviews VALUES (1)",
+         INSERT INTO reviews_staging.reviews VALUES (1);
+         INSERT INTO review_votes VALUES (2, 1, sha256('a voter'))",
     )
     .await
     .unwrap();
@@ -289,6 +290,12 @@ async fn loading_again_replaces_the_data_set_with_the_same_result() {
         .unwrap();
     assert_eq!(report.rejected(), 0);
     assert_eq!(digest(&db).await, before);
+    let votes: i64 = db
+        .query_one("SELECT count(*) FROM review_votes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(votes, 0, "votes name reviews of the replaced data set");
     assert_eq!(
         schema(&db).await,
         migrated,

@@ -29,6 +29,7 @@ async fn database_columns(db: &tokio_postgres::Client) -> Vec<String> {
                 "text" => "Text",
                 "bool" => "Bool",
                 "timestamptz" => "Timestamptz",
+                "bytea" => "Bytea",
                 other => panic!("no diesel type mapped for {other}"),
             };
             let ty = if r.get(3) {
@@ -73,10 +74,12 @@ async fn migrations_run_down_and_up_again() {
     let url = fresh_db(EMPTY_TEMPLATE).await;
     let db = common::sql(&url).await;
     let before = database_columns(&db).await;
-    let down = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+    let mut down = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
         .unwrap()
         .map(|e| e.unwrap().path().join("down.sql"))
         .collect::<Vec<_>>();
+    // Newest first: the folders are named by date.
+    down.sort();
     for path in down.iter().rev() {
         db.batch_execute(&std::fs::read_to_string(path).unwrap())
             .await

@@ -381,3 +381,119 @@ async fn reporting_hides_a_review_from_list_and_meta_once() {
     assert!(m.ratings.is_empty() && m.recommended.is_empty());
     assert!(m.characteristics.values().all(|c| c.value.is_none()));
 }
+
+/// The votes kept for review 2: (kind, voter) rows.
+async fn votes_on_review_2(db: &tokio_postgres::Client) -> Vec<(i16, Vec<u8>)> {
+    db.query(
+        "SELECT kind, voter FROM review_votes WHERE review_id = 2 ORDER BY kind, voter",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+async fn helpfulness_of_review_2(db: &tokio_postgres::Client) -> i32 {
+    db.query_one("SELECT helpfulness FROM reviews WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A voter the storefront names counts once per review, whether named in a JSON header or in
+/// gRPC metadata; calls that name no voter each count, as the legacy contract says. Names are
+/// kept only as keyed hashes, and a bad name is refused, changing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_voter_counts_once_and_unnamed_votes_count_each_call() {
+    let mut s = TestServer::sample().await;
+    let db = s.sql().await;
+    let http = reqwest::Client::new();
+    let put = |path: &str, voter: Option<&str>| {
+        let mut request = http.put(format!("http://{}{path}", s.addr));
+        if let Some(voter) = voter {
+            request = request.header("Reviews-Voter", voter);
+        }
+        request.send()
+    };
+    let start = helpfulness_of_review_2(&db).await;
+    for _ in 0..3 {
+        let r = put("/reviews/2/helpful", Some("session-alice"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "a repeated vote is a harmless no-op");
+    }
+    put("/reviews/2/helpful", Some("session-bob"))
+        .await
+        .unwrap();
+    assert_eq!(helpfulness_of_review_2(&db).await, start + 2);
+
+    let grpc_vote = |voter: &str| {
+        let mut request = tonic::Request::new(pb::MarkReviewHelpfulRequest { review_id: 2 });
+        request
+            .metadata_mut()
+            .insert("reviews-voter", voter.parse().unwrap());
+        request
+    };
+    s.client
+        .mark_review_helpful(grpc_vote("session-alice"))
+        .await
+        .expect("the same voter over gRPC: a no-op");
+    s.client
+        .mark_review_helpful(grpc_vote("session-carol"))
+        .await
+        .unwrap();
+    assert_eq!(helpfulness_of_review_2(&db).await, start + 3);
+    for _ in 0..2 {
+        assert_eq!(put("/reviews/2/helpful", None).await.unwrap().status(), 204);
+    }
+    assert_eq!(helpfulness_of_review_2(&db).await, start + 5);
+
+    for _ in 0..2 {
+        let r = put("/reviews/2/report", Some("session-carol"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let votes = votes_on_review_2(&db).await;
+    let kinds: Vec<i16> = votes.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        kinds,
+        [1, 1, 1, 2],
+        "alice, bob, carol helpful; carol's report"
+    );
+    for (_, voter) in &votes {
+        assert_eq!(voter.len(), 32);
+        assert!(
+            !voter.windows(7).any(|w| w == b"session"),
+            "names are hashed"
+        );
+    }
+
+    let untouched = fingerprint(&db).await;
+    let too_long = "v".repeat(257);
+    for voter in ["", too_long.as_str()] {
+        let r = put("/reviews/1/helpful", Some(voter)).await.unwrap();
+        assert_eq!(r.status(), 422, "voter {:?}", voter.len());
+        let body = r.text().await.unwrap();
+        assert!(body.contains("reviews-voter"), "{body}");
+        let e = s
+            .client
+            .mark_review_helpful(grpc_vote(voter))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+    let r = put("/reviews/424242/helpful", Some("session-alice"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(fingerprint(&db).await, untouched);
+    let kept: i64 = db
+        .query_one("SELECT count(*) FROM review_votes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 4, "no vote kept for a bad name or an unknown review");
+}

@@ -31,6 +31,7 @@ const SETTINGS: &[&str] = &[
     "REVIEWS_MAX_CONNECTION_AGE",
     "REVIEWS_MAX_BODY_BYTES",
     "REVIEWS_MAX_IN_FLIGHT",
+    "REVIEWS_VOTER_KEY",
     "REVIEWS_REJECTS",
     "REVIEWS_DEV_DATA",
 ];
@@ -215,6 +216,18 @@ fn a_bad_secret_is_named_but_never_shown() {
     let line = bad_value_message(&err, &["reviews".into(), "migrate".into()]).unwrap();
     assert!(line.starts_with("error: invalid value for DATABASE_URL (--database-url): "));
     assert!(!line.contains("hunter2"), "{line}");
+
+    let env = [
+        ("DATABASE_URL", "postgres://u@db/r"),
+        ("REVIEWS_VOTER_KEY", "hunter2"),
+    ];
+    let err = parse_with(&env, &["serve"]).unwrap_err();
+    let line = bad_value_message(&err, &["reviews".into(), "serve".into()]).unwrap();
+    assert_eq!(
+        line,
+        "error: invalid value for REVIEWS_VOTER_KEY (--voter-key): \
+         must be at least 16 bytes (e.g. openssl rand -hex 32)"
+    );
 }
 
 #[test]

@@ -23,7 +23,7 @@ use futures_util::FutureExt;
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::reviews::{Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort};
+use crate::reviews::{Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort, Voter};
 
 pub use self::config::DbConfig;
 use self::lanes::{Lane, Lanes};
@@ -252,25 +252,39 @@ impl Db {
         self.committed(id, review.product_id).await
     }
 
-    /// Adds one to a review's helpfulness.
-    pub async fn mark_helpful(&self, id: ReviewId) -> Result<Committed<()>, Error> {
+    /// Adds one to a review's helpfulness; `None` when `voter` had voted it helpful already
+    /// (nothing changed).
+    pub async fn mark_helpful(
+        &self,
+        id: ReviewId,
+        voter: Option<Voter>,
+    ) -> Result<Option<Committed<()>>, Error> {
         let product = self
             .run(async {
                 let mut conn = self.primary.get().await?;
-                writes::mark_helpful(&mut conn, id).await
+                writes::mark_helpful(&mut conn, id, voter.as_ref()).await
             })
             .await?;
-        self.committed((), ProductId::parse(product)?).await
+        self.changed(product).await
     }
 
     /// Hides a review; `None` when it was hidden already (nothing changed).
-    pub async fn report(&self, id: ReviewId) -> Result<Option<Committed<()>>, Error> {
+    pub async fn report(
+        &self,
+        id: ReviewId,
+        voter: Option<Voter>,
+    ) -> Result<Option<Committed<()>>, Error> {
         let product = self
             .run(async {
                 let mut conn = self.primary.get().await?;
-                writes::report(&mut conn, id).await
+                writes::report(&mut conn, id, voter.as_ref()).await
             })
             .await?;
+        self.changed(product).await
+    }
+
+    /// What a write that may have changed nothing committed.
+    async fn changed(&self, product: Option<i32>) -> Result<Option<Committed<()>>, Error> {
         match product {
             Some(product) => Ok(Some(self.committed((), ProductId::parse(product)?).await?)),
             None => Ok(None),

@@ -59,6 +59,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    review_votes (review_id, kind, voter) {
+        review_id -> Int4,
+        kind -> Int2,
+        voter -> Bytea,
+    }
+}
+
 diesel::joinable!(reviews_photos -> reviews (review_id));
 diesel::joinable!(characteristic_reviews -> reviews (review_id));
 diesel::joinable!(characteristic_reviews -> characteristics (characteristic_id));
@@ -69,4 +77,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     characteristics,
     characteristic_reviews,
     product_stats,
+    review_votes,
 );

@@ -2,13 +2,13 @@
 //! in its own transaction, taking the product's `product_stats` row lock first.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Int2, Int4, Int8, Timestamptz};
+use diesel::sql_types::{Bool, Bytea, Int2, Int4, Int8, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::cached::cached;
 use super::schema::{characteristic_reviews, characteristics, reviews, reviews_photos};
 use crate::error::Error;
-use crate::reviews::{NewReview, ReviewId};
+use crate::reviews::{NewReview, ReviewId, Voter};
 
 /// Adds `delta` (1 or -1) reviews of this rating and recommendation to the product's counts.
 /// Taking this row's lock first serialises every write to a product's aggregates.
@@ -138,8 +138,53 @@ async fn apply_characteristic_values(
     Ok(())
 }
 
+/// Records `voter`'s vote of `kind` on the review; false when they had cast it already.
+async fn record_vote(
+    conn: &mut AsyncPgConnection,
+    id: ReviewId,
+    kind: i16,
+    voter: &Voter,
+) -> Result<bool, Error> {
+    let inserted = cached(
+        diesel::sql_query(
+            "INSERT INTO review_votes (review_id, kind, voter) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind::<Int4, _>(id.get())
+        .bind::<Int2, _>(kind)
+        .bind::<Bytea, _>(&voter.bytes()[..]),
+    )
+    .execute(conn)
+    .await?;
+    Ok(inserted == 1)
+}
+
+const HELPFUL: i16 = 1;
+const REPORT: i16 = 2;
+
+/// Adds one to the review's helpfulness, once per named voter. Returns the review's product, or
+/// `None` when `voter` had voted already (nothing changed).
+pub async fn mark_helpful(
+    conn: &mut AsyncPgConnection,
+    id: ReviewId,
+    voter: Option<&Voter>,
+) -> Result<Option<i32>, Error> {
+    let Some(voter) = voter else {
+        return add_helpful(conn, id).await.map(Some);
+    };
+    conn.transaction(async |conn| {
+        // The review's row lock first: a vote on a review that does not exist is not kept.
+        lock_review(conn, id).await?;
+        if !record_vote(conn, id, HELPFUL, voter).await? {
+            return Ok(None);
+        }
+        add_helpful(conn, id).await.map(Some)
+    })
+    .await
+}
+
 /// Returns the review's product.
-pub async fn mark_helpful(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<i32, Error> {
+async fn add_helpful(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<i32, Error> {
     diesel::update(reviews::table.find(id.get()))
         .set(reviews::helpfulness.eq(reviews::helpfulness + 1))
         .returning(reviews::product_id)
@@ -149,10 +194,32 @@ pub async fn mark_helpful(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<
         .ok_or_else(|| not_found(id))
 }
 
+/// Takes the review's row lock, or fails with NOT_FOUND.
+async fn lock_review(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<(), Error> {
+    reviews::table
+        .find(id.get())
+        .select(reviews::id)
+        .for_update()
+        .first::<i32>(conn)
+        .await
+        .optional()?
+        .map(|_| ())
+        .ok_or_else(|| not_found(id))
+}
+
 /// Hides the review and takes it out of the kept aggregates, once: reporting a reported review
-/// changes nothing. Returns the product whose reviews changed, if any did.
-pub async fn report(conn: &mut AsyncPgConnection, id: ReviewId) -> Result<Option<i32>, Error> {
+/// changes nothing. A named voter's report is recorded, once. Returns the product whose
+/// reviews changed, if any did.
+pub async fn report(
+    conn: &mut AsyncPgConnection,
+    id: ReviewId,
+    voter: Option<&Voter>,
+) -> Result<Option<i32>, Error> {
     conn.transaction(async |conn| {
+        if let Some(voter) = voter {
+            lock_review(conn, id).await?;
+            record_vote(conn, id, REPORT, voter).await?;
+        }
         let hidden: Option<(i32, i16, bool)> = diesel::update(
             reviews::table
                 .find(id.get())

@@ -241,10 +241,14 @@ pub async fn set_sequences(tx: &Transaction<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces the live tables with the staging ones.
+/// Replaces the live tables with the staging ones, and forgets the named voters' votes: their
+/// review ids may name other reviews in the new data set.
 pub async fn swap(tx: &Transaction<'_>) -> anyhow::Result<()> {
     let live: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
-    let mut sql = format!("DROP TABLE {};", live.join(", "));
+    let mut sql = format!(
+        "DROP TABLE {}; TRUNCATE public.review_votes;",
+        live.join(", ")
+    );
     for table in TABLES {
         sql.push_str(&format!(
             "ALTER TABLE {SCHEMA}.{table} RESET (autovacuum_enabled);

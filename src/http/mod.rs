@@ -187,6 +187,7 @@ fn cors(cfg: &HttpConfig) -> CorsLayer {
             HeaderName::from_static("grpc-timeout"),
             HeaderName::from_static("connect-protocol-version"),
             HeaderName::from_static("connect-timeout-ms"),
+            HeaderName::from_static("reviews-voter"),
         ])
         .expose_headers(grpc_headers.map(HeaderName::from_static))
         .max_age(std::time::Duration::from_secs(24 * 3600))
