@@ -135,6 +135,10 @@ def report():
         ("open loop 1,000 calls/s, gRPC list, cache on: p99 / p99.9 / errors",
          f"{fmt(one('cache-grpc-open-1000', 'p99_ms'), ' ms')} / {fmt(one('cache-grpc-open-1000', 'p999_ms'), ' ms')}"
          f" / {one('cache-grpc-open-1000', 'errors')}"),
+        ("open loop 1,000 req/s, JSON list, cache on: max latency / hypervisor steal / the "
+         "server's major page faults during the run",
+         f"{fmt(one('cache-open-1000', 'max_ms'), ' ms')} / {fmt(one('cache-open-1000', 'steal_ms'), ' ms')}"
+         f" / {one('cache-open-1000', 'server_major_faults')}"),
         ("service CPU per JSON list request at 1,000 req/s, cache on",
          fmt(one("cache-open-1000-cpu", "cpu_ms_per_request"), " ms")),
         ("Redis alone: HMGET of a product hash (redis-benchmark -c 50), req/s", fmt(m("redis-hmget"))),
