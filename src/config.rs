@@ -47,7 +47,6 @@ pub fn parse_database_url(s: &str) -> Result<Secret, String> {
     Ok(Secret::new(s))
 }
 
-/// A Redis URL (`redis://[user:password@]host:port/[db]`), checked like [`parse_database_url`].
 /// A secret key: at least 16 bytes, so that it is not guessable.
 pub fn parse_secret(s: &str) -> Result<Secret, String> {
     if s.len() < 16 {
@@ -56,6 +55,7 @@ pub fn parse_secret(s: &str) -> Result<Secret, String> {
     Ok(Secret::new(s))
 }
 
+/// A Redis URL (`redis://[user:password@]host:port/[db]`), checked like [`parse_database_url`].
 pub fn parse_redis_url(s: &str) -> Result<Secret, String> {
     use redis::IntoConnectionInfo;
     s.into_connection_info()

@@ -41,7 +41,7 @@ pub struct Context {
     pub traceparent: Option<String>,
     /// Who votes, when the storefront names them (`Reviews-Voter`, or `reviews-voter` in gRPC
     /// metadata), as sent: validated and hashed by the operations that count votes.
-    pub voter: Option<Vec<u8>>,
+    pub voter: Option<http::HeaderValue>,
 }
 
 impl Context {
@@ -55,7 +55,7 @@ impl Context {
         Self {
             request_id: text("x-request-id"),
             traceparent: text("traceparent"),
-            voter: headers.get("reviews-voter").map(|v| v.as_bytes().to_vec()),
+            voter: headers.get("reviews-voter").cloned(),
         }
     }
 
@@ -203,8 +203,8 @@ impl Service {
     /// The caller's voter, if it names one.
     fn voter(&self, ctx: &Context) -> Result<Option<Voter>, Error> {
         ctx.voter
-            .as_deref()
-            .map(|name| Voter::new(name, &self.voter_key))
+            .as_ref()
+            .map(|name| Voter::new(name.as_bytes(), &self.voter_key))
             .transpose()
     }
 

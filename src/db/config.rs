@@ -60,9 +60,7 @@ impl DbConfig {
             query_timeout: default_duration(DEFAULT_QUERY_TIMEOUT),
         }
     }
-}
 
-impl DbConfig {
     /// The read lanes, leaving at least one pooled connection for writes.
     pub fn lanes(&self) -> usize {
         self.read_lanes.min(self.pool_size - 1) as usize

@@ -2,11 +2,13 @@
 //! in its own transaction, taking the product's `product_stats` row lock first.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Bytea, Int2, Int4, Int8, Timestamptz};
+use diesel::sql_types::{Bool, Int2, Int4, Int8, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::cached::cached;
-use super::schema::{characteristic_reviews, characteristics, reviews, reviews_photos};
+use super::schema::{
+    characteristic_reviews, characteristics, review_votes, reviews, reviews_photos,
+};
 use crate::error::Error;
 use crate::reviews::{NewReview, ReviewId, Voter};
 
@@ -145,17 +147,15 @@ async fn record_vote(
     kind: i16,
     voter: &Voter,
 ) -> Result<bool, Error> {
-    let inserted = cached(
-        diesel::sql_query(
-            "INSERT INTO review_votes (review_id, kind, voter) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind::<Int4, _>(id.get())
-        .bind::<Int2, _>(kind)
-        .bind::<Bytea, _>(&voter.bytes()[..]),
-    )
-    .execute(conn)
-    .await?;
+    let inserted = diesel::insert_into(review_votes::table)
+        .values((
+            review_votes::review_id.eq(id.get()),
+            review_votes::kind.eq(kind),
+            review_votes::voter.eq(&voter.bytes()[..]),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
     Ok(inserted == 1)
 }
 
