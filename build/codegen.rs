@@ -190,7 +190,9 @@ fn api_trait(out: &mut Out, rpcs: &[MethodDescriptor]) -> Result<()> {
     out.code.push_str(
         "/// What the JSON edge calls: one method per annotated RPC, given the request's context\n\
          /// (its headers) and its message, parsed from the path, the query and the body.\n\
-         pub trait JsonApi: Send + Sync + 'static {\n",
+         pub trait JsonApi: Send + Sync + 'static {\n\
+         \x20   /// The context of a request from these headers and this peer address.\n\
+         \x20   fn context(&self, headers: &http::HeaderMap, peer: Option<std::net::IpAddr>) -> Context;\n",
     );
     for rpc in rpcs {
         writeln!(

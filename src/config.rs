@@ -68,8 +68,23 @@ pub fn default_duration(text: &str) -> Duration {
     parse_duration(text).expect("a valid default duration")
 }
 
-/// Parses `250ms`, `2s`, `1m`, or a bare number of milliseconds.
+/// Parses `250ms`, `2s`, `1m`, `1h`, or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_delay(s).and_then(|d| {
+        // Every duration here is a timeout, a period or a lifetime: zero is never meant.
+        if d.is_zero() {
+            Err(format!(
+                "invalid duration {:?}: must be more than zero",
+                s.trim()
+            ))
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// Like [`parse_duration`], for a wait that may be none (`0s`).
+pub fn parse_delay(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (digits, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -81,16 +96,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
     }
-    .and_then(|d| {
-        // Every duration here is a timeout, a period or a lifetime: zero is never meant.
-        if d.is_zero() {
-            Err(format!("invalid duration {s:?}: must be more than zero"))
-        } else {
-            Ok(d)
-        }
-    })
+}
+
+/// Parses `on` or `off` (also `true`/`false`, `1`/`0`).
+pub fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("invalid switch {s:?}: use on or off")),
+    }
 }
 
 #[cfg(test)]
@@ -103,9 +120,11 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
-        assert!(parse_duration("2h").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("2d").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_delay("0s"), Ok(Duration::ZERO));
     }
 
     #[test]

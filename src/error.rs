@@ -38,9 +38,14 @@ pub enum Error {
     Invalid(Vec<FieldViolation>),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The database is unreachable, the pool is exhausted, or a query timed out.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Over a rate limit; may be retried after the duration.
+    #[error("too many requests from this client: retry in {} s", retry_after_secs(*.0))]
+    RateLimited(std::time::Duration),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -48,6 +53,11 @@ pub enum Error {
 /// A reply lists at most this many violations, then one that counts the rest: a request naming
 /// thousands of bad ids gets a short answer (and a gRPC status whose header clients can read).
 pub const MAX_VIOLATIONS: usize = 10;
+
+/// A wait in whole seconds, rounded up, at least 1 (as `Retry-After` says it).
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
 
 /// Fields and reasons are cut to this many bytes: a client may send a key of any length.
 const MAX_TEXT: usize = 200;
@@ -164,6 +174,17 @@ impl From<Error> for tonic::Status {
                 )
             }
             Error::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            Error::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
+            Error::RateLimited(wait) => {
+                let mut details = ErrorDetails::new();
+                details
+                    .set_retry_info(Some(std::time::Duration::from_secs(retry_after_secs(wait))));
+                tonic::Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    e.to_string(),
+                    details,
+                )
+            }
             Error::Unavailable(ref cause) => {
                 tracing::warn!(%cause, "request failed: database unavailable");
                 tonic::Status::unavailable("the review store is unavailable, try again later")

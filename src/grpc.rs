@@ -10,6 +10,7 @@ use crate::pb;
 use crate::pb::review_service_server::ReviewService;
 use crate::reviews::{ListQuery, Meta, ProductId, Review, ReviewId};
 use crate::service::{Context, Encoding, Service};
+use crate::transport::Peer;
 use crate::wire;
 
 pub mod codec;
@@ -50,8 +51,11 @@ fn decode<M: Message + Default>(bytes: Bytes) -> Result<Response<M>, Status> {
         .map_err(|e| Error::Internal(format!("undecodable cached reply: {e}")).into())
 }
 
-fn context<T>(request: &Request<T>) -> Context {
-    Context::from_headers(request.metadata().as_ref())
+impl ReviewsGrpc {
+    fn context<T>(&self, request: &Request<T>) -> Context {
+        let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
+        self.service.context(request.metadata().as_ref(), peer)
+    }
 }
 
 #[tonic::async_trait]
@@ -60,7 +64,7 @@ impl ReviewService for ReviewsGrpc {
         &self,
         request: Request<pb::ListReviewsRequest>,
     ) -> Result<Response<pb::ListReviewsResponse>, Status> {
-        let ctx = context(&request);
+        let ctx = self.context(&request);
         let query = wire::list_query(request.get_ref())?;
         decode(self.service.list_reviews::<Proto>(&ctx, query).await?)
     }
@@ -69,7 +73,7 @@ impl ReviewService for ReviewsGrpc {
         &self,
         request: Request<pb::GetReviewMetaRequest>,
     ) -> Result<Response<pb::ReviewMeta>, Status> {
-        let ctx = context(&request);
+        let ctx = self.context(&request);
         let product = ProductId::parse(request.get_ref().product_id)?;
         decode(self.service.get_review_meta::<Proto>(&ctx, product).await?)
     }
@@ -78,7 +82,7 @@ impl ReviewService for ReviewsGrpc {
         &self,
         request: Request<pb::CreateReviewRequest>,
     ) -> Result<Response<pb::CreateReviewResponse>, Status> {
-        let ctx = context(&request);
+        let ctx = self.context(&request);
         let review = wire::new_review(request.into_inner())?;
         let id = self.service.create_review(&ctx, review).await?;
         Ok(Response::new(pb::CreateReviewResponse {
@@ -90,7 +94,7 @@ impl ReviewService for ReviewsGrpc {
         &self,
         request: Request<pb::MarkReviewHelpfulRequest>,
     ) -> Result<Response<()>, Status> {
-        let ctx = context(&request);
+        let ctx = self.context(&request);
         let id = ReviewId::parse(request.get_ref().review_id)?;
         self.service.mark_review_helpful(&ctx, id).await?;
         Ok(Response::new(()))
@@ -100,7 +104,7 @@ impl ReviewService for ReviewsGrpc {
         &self,
         request: Request<pb::ReportReviewRequest>,
     ) -> Result<Response<()>, Status> {
-        let ctx = context(&request);
+        let ctx = self.context(&request);
         let id = ReviewId::parse(request.get_ref().review_id)?;
         self.service.report_review(&ctx, id).await?;
         Ok(Response::new(()))

@@ -11,6 +11,7 @@ pub mod etl;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod limits;
 #[cfg(feature = "dev")]
 pub mod local;
 pub mod lsn;
@@ -19,6 +20,7 @@ pub mod reviews;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod transport;
 pub mod wire;
 
 /// The generated protobuf messages, client and server of `reviews.v1`.

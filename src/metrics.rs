@@ -17,6 +17,37 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What happened to client connections.
+#[derive(Debug, Default)]
+pub struct ConnectionMetrics {
+    pub accepted: Counter,
+    /// Closed at once: `max_connections` were open.
+    pub refused: Counter,
+    /// Closed for sending no request within the header timeout.
+    pub timed_out: Counter,
+    /// Requests whose body did not arrive within the body timeout.
+    pub body_timeouts: Counter,
+    pub open: Gauge,
+}
+
 /// What the Redis cache did.
 #[derive(Debug, Default)]
 pub struct CacheMetrics {
@@ -50,6 +81,11 @@ pub struct Metrics {
     pub shed: Counter,
     /// Reads answered by a read replica.
     pub replica_reads: Counter,
+    /// Writes refused by a per-client rate limit.
+    pub rate_limited: Counter,
+    /// gRPC calls answered DEADLINE_EXCEEDED because their `grpc-timeout` passed.
+    pub deadlines_exceeded: Counter,
+    pub connections: ConnectionMetrics,
     pub cache: CacheMetrics,
 }
 
@@ -67,6 +103,36 @@ impl Metrics {
                 "reviews_requests_shed_total",
                 "Requests refused at once because the in-flight limit was reached.",
                 self.shed.get(),
+            ),
+            (
+                "reviews_rate_limited_total",
+                "Writes refused by a per-client rate limit (429, RESOURCE_EXHAUSTED).",
+                self.rate_limited.get(),
+            ),
+            (
+                "reviews_grpc_deadlines_exceeded_total",
+                "gRPC calls answered DEADLINE_EXCEEDED when their grpc-timeout passed.",
+                self.deadlines_exceeded.get(),
+            ),
+            (
+                "reviews_connections_accepted_total",
+                "Client connections accepted.",
+                self.connections.accepted.get(),
+            ),
+            (
+                "reviews_connections_refused_total",
+                "Client connections closed at once because the connection limit was reached.",
+                self.connections.refused.get(),
+            ),
+            (
+                "reviews_connections_timed_out_total",
+                "Client connections closed for sending no request within the header timeout.",
+                self.connections.timed_out.get(),
+            ),
+            (
+                "reviews_request_body_timeouts_total",
+                "Requests whose body did not arrive within the body timeout.",
+                self.connections.body_timeouts.get(),
             ),
             (
                 "reviews_replica_reads_total",
@@ -134,6 +200,12 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP reviews_connections_open Client connections open.\n\
+             # TYPE reviews_connections_open gauge\nreviews_connections_open {}",
+            self.connections.open.get()
+        );
         for (name, help, value) in [
             (
                 "reviews_cache_breaker_open",

@@ -87,6 +87,55 @@ impl std::fmt::Debug for Voter {
     }
 }
 
+/// The most bytes an `Idempotency-Key` may have.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// A CreateReview's `Idempotency-Key`, as the keys table holds it: the SHA-256 of the key, and
+/// the SHA-256 of the request it came with, so that a key sent again with another review is told
+/// apart from a retry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    key: [u8; 32],
+    request: [u8; 32],
+}
+
+impl IdempotencyKey {
+    /// The key `key` (1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] visible ASCII characters, such as a
+    /// UUID) sent with `review`.
+    pub fn new(key: &[u8], review: &new_review::NewReview) -> Result<Self, Error> {
+        use sha2::Digest;
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+            || !key.iter().all(u8::is_ascii_graphic)
+        {
+            return Err(Error::invalid(
+                "Idempotency-Key",
+                format!(
+                    "must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters, e.g. a UUID"
+                ),
+            ));
+        }
+        Ok(Self {
+            key: sha2::Sha256::digest(key).into(),
+            request: review.digest(),
+        })
+    }
+
+    pub fn key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    pub fn request(&self) -> &[u8; 32] {
+        &self.request
+    }
+}
+
+impl std::fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdempotencyKey(..)")
+    }
+}
+
 /// The order of a review list; every order ends with the review id descending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Sort {

@@ -10,18 +10,28 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 
 use crate::cache::{Cache, CacheArgs, CacheConfig};
-use crate::config::{default_duration, parse_duration, parse_secret, Secret};
+use crate::config::{
+    default_duration, parse_delay, parse_duration, parse_secret, parse_switch, Secret,
+};
 use crate::db::{Db, DbConfig};
 use crate::grpc::{ReviewsGrpc, FILE_DESCRIPTOR_SET};
 use crate::health::{self, Readiness};
 use crate::http::{self, HttpConfig};
+use crate::limits::{LimitArgs, LimitsConfig};
 use crate::metrics::Metrics;
 use crate::pb::review_service_server::ReviewServiceServer;
-use crate::service::Service;
+use crate::service::{Service, WriteRules};
+
+mod listener;
+
+pub use listener::ConnectionOptions;
+use listener::{
+    DEFAULT_BODY_TIMEOUT, DEFAULT_DRAIN_DELAY, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_STREAMS,
+};
 
 /// Where `serve` and `dev` listen unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -59,6 +69,32 @@ pub struct ServerArgs {
     /// once they are this old, so long-lived gRPC connections spread over new replicas.
     #[arg(long = "max-connection-age", env = "REVIEWS_MAX_CONNECTION_AGE", value_parser = parse_duration)]
     pub max_connection_age: Option<Duration>,
+    /// A new connection's first bytes, and every HTTP/1.1 request's headers, must arrive within
+    /// this, and an HTTP/1.1 connection idle for longer is closed.
+    #[arg(long = "header-timeout", env = "REVIEWS_HEADER_TIMEOUT", default_value = DEFAULT_HEADER_TIMEOUT, value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// A request's body must arrive whole within this (JSON: 408).
+    #[arg(long = "body-timeout", env = "REVIEWS_BODY_TIMEOUT", default_value = DEFAULT_BODY_TIMEOUT, value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// A connection that carries no request for this long is closed (HTTP/2: with a GOAWAY).
+    #[arg(long = "idle-timeout", env = "REVIEWS_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// How often open HTTP/2 connections are pinged.
+    #[arg(long = "http2-keepalive-interval", env = "REVIEWS_HTTP2_KEEPALIVE_INTERVAL", default_value = DEFAULT_KEEPALIVE_INTERVAL, value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before its connection is closed.
+    #[arg(long = "http2-keepalive-timeout", env = "REVIEWS_HTTP2_KEEPALIVE_TIMEOUT", default_value = DEFAULT_KEEPALIVE_TIMEOUT, value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// Requests one HTTP/2 connection may carry at once.
+    #[arg(long = "max-concurrent-streams", env = "REVIEWS_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+    /// Client connections open at once; beyond it a new connection is closed at once.
+    #[arg(long = "max-connections", env = "REVIEWS_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// On SIGTERM, how long to go on answering (not ready, every HTTP/1.1 response with
+    /// `Connection: close`, HTTP/2 connections sent a GOAWAY) before the listener closes.
+    #[arg(long = "drain-delay", env = "REVIEWS_DRAIN_DELAY", default_value = DEFAULT_DRAIN_DELAY, value_parser = parse_delay)]
+    pub drain_delay: Duration,
     /// Largest JSON request body, in bytes; larger ones get 413.
     #[arg(long = "max-body-bytes", env = "REVIEWS_MAX_BODY_BYTES", default_value_t = http::DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
@@ -72,19 +108,37 @@ pub struct ServerArgs {
     /// voter name (a customer number) could be found again from its hash.
     #[arg(long = "voter-key", env = "REVIEWS_VOTER_KEY", hide_env_values = true, value_parser = parse_secret)]
     pub voter_key: Option<Secret>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// `on`: a second review of a product by the same email (in any case) is refused with 409
+    /// (ALREADY_EXISTS); `off`: accepted, as the legacy API did.
+    #[arg(long = "one-review-per-email", env = "REVIEWS_ONE_REVIEW_PER_EMAIL", default_value = "on", value_parser = parse_switch)]
+    pub one_review_per_email: bool,
 }
 
 impl ServerArgs {
     pub fn options(&self) -> ServerOptions {
         ServerOptions {
             health_interval: self.health_interval,
-            max_connection_age: self.max_connection_age,
+            connections: ConnectionOptions {
+                header_timeout: self.header_timeout,
+                body_timeout: self.body_timeout,
+                idle_timeout: self.idle_timeout,
+                keepalive_interval: Some(self.keepalive_interval),
+                keepalive_timeout: self.keepalive_timeout,
+                max_streams: self.max_streams,
+                max_connections: self.max_connections as usize,
+                max_age: self.max_connection_age,
+                drain_delay: self.drain_delay,
+            },
             http: HttpConfig {
                 cors_origins: self.cors_origins.clone(),
                 max_body: self.max_body_bytes,
                 max_in_flight: self.max_in_flight.map(|n| n as usize),
             },
             voter_key: self.voter_key.clone(),
+            limits: self.limits.config(),
+            one_review_per_email: self.one_review_per_email,
         }
     }
 }
@@ -93,12 +147,15 @@ impl ServerArgs {
 pub struct ServerOptions {
     /// How often readiness re-checks the database.
     pub health_interval: Duration,
-    /// Age at which a connection is closed with a GOAWAY. (No grace period is set: in tonic
-    /// 0.14.9 setting one skips the GOAWAY and cuts connections abruptly.)
-    pub max_connection_age: Option<Duration>,
+    /// Timeouts and limits of client connections, and the drain.
+    pub connections: ConnectionOptions,
     pub http: HttpConfig,
     /// The key voter names are hashed under; `None`: [`PUBLIC_VOTER_KEY`].
     pub voter_key: Option<Secret>,
+    /// Per-client rate limits on the writes.
+    pub limits: LimitsConfig,
+    /// A second review of a product by the same email is refused (409).
+    pub one_review_per_email: bool,
 }
 
 /// The voter key when none is configured.
@@ -108,9 +165,11 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             health_interval: default_duration(DEFAULT_HEALTH_INTERVAL),
-            max_connection_age: None,
+            connections: ConnectionOptions::default(),
             http: HttpConfig::default(),
             voter_key: None,
+            limits: LimitsConfig::default(),
+            one_review_per_email: true,
         }
     }
 }
@@ -169,6 +228,18 @@ impl Application {
             }
         };
         let mut options = settings.options;
+        let limits = &options.limits;
+        if limits.enabled {
+            tracing::info!(
+                create = %limits.create,
+                helpful = %limits.helpful,
+                report = %limits.report,
+                client_header = limits.client_header.as_ref().map(::http::HeaderName::as_str),
+                "rate limits on"
+            );
+        } else {
+            tracing::info!("rate limits off (REVIEWS_RATE_LIMIT=off)");
+        }
         options.http.max_in_flight = Some(
             options
                 .http
@@ -181,11 +252,16 @@ impl Application {
                 db,
                 cache,
                 metrics.clone(),
-                options
-                    .voter_key
-                    .as_ref()
-                    .map_or(PUBLIC_VOTER_KEY, Secret::expose)
-                    .as_bytes(),
+                WriteRules {
+                    voter_key: options
+                        .voter_key
+                        .as_ref()
+                        .map_or(PUBLIC_VOTER_KEY, Secret::expose)
+                        .as_bytes()
+                        .to_vec(),
+                    limits: options.limits.clone(),
+                    one_review_per_email: options.one_review_per_email,
+                },
             ),
             metrics,
             options,
@@ -220,7 +296,7 @@ impl Application {
             grpc,
             self.service.clone(),
             readiness.clone(),
-            self.metrics,
+            self.metrics.clone(),
             &self.options.http,
         );
 
@@ -232,23 +308,23 @@ impl Application {
         let stop_tracking = tracker.abort_handle();
 
         tracing::info!(addr = %self.listener.local_addr()?, "serving gRPC, gRPC-Web and JSON");
-        // Without TCP_NODELAY, a small reply waits for the client's delayed ACK (40 ms on Linux).
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        let mut builder = Server::builder().accept_http1(true);
-        if let Some(age) = self.options.max_connection_age {
-            builder = builder.max_connection_age(age);
-        }
-        let result = builder
-            .serve_with_incoming_shutdown(app, incoming, async {
-                shutdown.await;
-                tracing::info!("shutting down: finishing the calls in flight");
+        let drain_delay = self.options.connections.drain_delay;
+        listener::serve(
+            self.listener,
+            app,
+            self.options.connections,
+            self.metrics,
+            shutdown,
+            async {
+                tracing::info!(?drain_delay, "shutting down: draining connections");
                 stop_tracking.abort();
                 readiness.set(false).await;
-            })
-            .await;
+            },
+        )
+        .await;
         tracker.abort();
         tracing::info!("server stopped");
-        Ok(result?)
+        Ok(())
     }
 }
 

@@ -19,9 +19,12 @@ pub use hooks::Hooks;
 use crate::cache::{Cache, Entry, Lookup};
 use crate::db::{Committed, Db};
 use crate::error::Error;
+use crate::limits::{Action, Client, Limiter, LimitsConfig};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::reviews::{ListQuery, Meta, NewReview, ProductId, Review, ReviewId, Voter};
+use crate::reviews::{
+    IdempotencyKey, ListQuery, Meta, NewReview, ProductId, Review, ReviewId, Voter,
+};
 
 /// How a face sends a read's answer. The cache keeps answers in this form, so a hit is the
 /// face's own bytes, with nothing decoded or re-encoded.
@@ -42,9 +45,14 @@ pub struct Context {
     /// Who votes, when the storefront names them (`Reviews-Voter`, or `reviews-voter` in gRPC
     /// metadata), as sent: validated and hashed by the operations that count votes.
     pub voter: Option<http::HeaderValue>,
+    /// Who the request is from, for the rate limits; `None`: unknown, not limited.
+    pub client: Option<Client>,
+    /// A CreateReview's `Idempotency-Key` (gRPC: `idempotency-key`), as sent.
+    pub idempotency_key: Option<http::HeaderValue>,
 }
 
 impl Context {
+    /// The context of a request with these headers (or gRPC metadata), from no known client.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
         let text = |name: &str| {
             headers
@@ -56,6 +64,8 @@ impl Context {
             request_id: text("x-request-id"),
             traceparent: text("traceparent"),
             voter: headers.get("reviews-voter").cloned(),
+            client: None,
+            idempotency_key: headers.get("idempotency-key").cloned(),
         }
     }
 
@@ -80,6 +90,17 @@ impl Context {
     }
 }
 
+/// The rules writes follow, beyond the contract's validation.
+#[derive(Debug, Clone)]
+pub struct WriteRules {
+    /// The HMAC key voter names are kept under.
+    pub voter_key: Vec<u8>,
+    /// Per-client rate limits.
+    pub limits: LimitsConfig,
+    /// A second review of a product by the same email is `AlreadyExists` (409).
+    pub one_review_per_email: bool,
+}
+
 #[derive(Clone)]
 pub struct Service {
     db: Db,
@@ -87,17 +108,21 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// The HMAC key voter names are kept under.
     voter_key: Arc<[u8]>,
+    limiter: Arc<Limiter>,
+    one_review_per_email: bool,
     #[cfg(feature = "test-hooks")]
     hooks: Hooks,
 }
 
 impl Service {
-    pub fn new(db: Db, cache: Option<Cache>, metrics: Arc<Metrics>, voter_key: &[u8]) -> Self {
+    pub fn new(db: Db, cache: Option<Cache>, metrics: Arc<Metrics>, rules: WriteRules) -> Self {
         Self {
+            limiter: Arc::new(Limiter::new(rules.limits, cache.clone())),
+            one_review_per_email: rules.one_review_per_email,
             db,
             cache,
             metrics,
-            voter_key: voter_key.into(),
+            voter_key: rules.voter_key.into(),
             #[cfg(feature = "test-hooks")]
             hooks: Hooks::default(),
         }
@@ -112,6 +137,15 @@ impl Service {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The context of a request: its headers (or gRPC metadata), and the address of its peer
+    /// when the transport knows it.
+    pub fn context(&self, headers: &http::HeaderMap, peer: Option<std::net::IpAddr>) -> Context {
+        Context {
+            client: self.limiter.client(headers, peer),
+            ..Context::from_headers(headers)
+        }
     }
 
     /// One page of a product's listable reviews, as `E` sends it.
@@ -149,10 +183,27 @@ impl Service {
 
     /// Posts a review with its photos and characteristic ratings, all or nothing.
     pub async fn create_review(&self, ctx: &Context, review: NewReview) -> Result<ReviewId, Error> {
+        let key = ctx
+            .idempotency_key
+            .as_ref()
+            .map(|key| IdempotencyKey::new(key.as_bytes(), &review))
+            .transpose()?;
         let product = review.product_id;
-        let this = self.clone();
+        if let Some(key) = &key {
+            // A retry of a create that committed: its answer again, not counted as a new create.
+            // (Invalidating again costs one Redis call and closes the window in which the first
+            // attempt, committed, had not invalidated yet.)
+            if let Some(committed) = self.db.replayed(key, product).await? {
+                return Ok(self.invalidate(committed).await);
+            }
+        }
+        self.limited(ctx, Action::Create).await?;
+        let (this, one_per_email) = (self.clone(), self.one_review_per_email);
         let id = detached(async move {
-            let committed = this.db.create_review(&review).await?;
+            let committed = this
+                .db
+                .create_review(&review, key.as_ref(), one_per_email)
+                .await?;
             Ok(this.invalidate(committed).await)
         })
         .instrument(ctx.span("CreateReview"))
@@ -169,6 +220,7 @@ impl Service {
     /// Adds one to a review's helpfulness; a named voter's second vote changes nothing.
     pub async fn mark_review_helpful(&self, ctx: &Context, id: ReviewId) -> Result<(), Error> {
         let voter = self.voter(ctx)?;
+        self.limited(ctx, Action::Helpful).await?;
         let this = self.clone();
         detached(async move {
             if let Some(committed) = this.db.mark_helpful(id, voter).await? {
@@ -183,6 +235,7 @@ impl Service {
     /// Hides a review from lists and meta counts; reporting twice changes nothing more.
     pub async fn report_review(&self, ctx: &Context, id: ReviewId) -> Result<(), Error> {
         let voter = self.voter(ctx)?;
+        self.limited(ctx, Action::Report).await?;
         let this = self.clone();
         detached(async move {
             if let Some(committed) = this.db.report(id, voter).await? {
@@ -198,6 +251,15 @@ impl Service {
             "review reported"
         );
         Ok(())
+    }
+
+    /// Counts the call against its client's limit for `action`, refusing it when over.
+    async fn limited(&self, ctx: &Context, action: Action) -> Result<(), Error> {
+        let verdict = self.limiter.check(action, ctx.client.as_ref()).await;
+        if verdict.is_err() {
+            self.metrics.rate_limited.inc();
+        }
+        verdict
     }
 
     /// The caller's voter, if it names one.

@@ -338,7 +338,7 @@ async fn create_with_request_ids(addr: std::net::SocketAddr) {
         body: "a body long enough to be a valid review, fifty chars at least".into(),
         recommend: true,
         name: "cli".into(),
-        email: "cli@example.com".into(),
+        email: "cli-grpc@example.com".into(),
         photos: vec![],
         characteristics: [(1, 3), (2, 3), (3, 3), (4, 3)].into(),
     });

@@ -35,7 +35,11 @@ impl Ctl {
         cmd.args(args)
             .env("REVIEWS_BIN", sandbox::BIN)
             .env("REVIEWS_CLUSTER_DIR", &self.dir)
-            .env("REVIEWS_HEALTH_INTERVAL", "500ms");
+            .env("REVIEWS_HEALTH_INTERVAL", "500ms")
+            // Every replica it starts (on up, scale and restart) runs with this limit, and takes
+            // the load's many reviews by one email.
+            .env("REVIEWS_CREATE_LIMIT", CREATE_LIMIT)
+            .env("REVIEWS_ONE_REVIEW_PER_EMAIL", "off");
         cmd
     }
 
@@ -173,11 +177,24 @@ impl Tally {
 
 /// An HTTP/1.1 client whose every request ends within 10 s, answered or not.
 fn client() -> reqwest::Client {
+    client_from([127, 0, 0, 1])
+}
+
+/// The same, from a loopback address of its own: a client of its own for the rate limits
+/// (HAProxy tells the replicas its address in `X-Forwarded-For`).
+fn client_from(address: [u8; 4]) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .local_address(std::net::IpAddr::from(address))
         .build()
         .unwrap()
 }
+
+/// The create limit the cluster runs with: 60 a second once past a burst of 100, so the steady
+/// load's writers (each a client of its own, at most 50 a second) never meet it.
+const CREATE_LIMIT: &str = "3600/1m:100";
+const CREATE_BURST: u64 = 100;
+const CREATES_PER_SECOND: f64 = 60.0;
 
 const GET_TASKS: u64 = 4;
 const WRITE_TASKS: u64 = 2;
@@ -253,7 +270,7 @@ fn start_load(lb: SocketAddr, tag: &'static str) -> Load {
     for t in 0..WRITE_TASKS {
         let (tally, stop) = (tally.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let http = client();
+            let http = client_from([127, 0, 0, 21 + t as u8]);
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
@@ -549,10 +566,56 @@ async fn a_postgres_restart_fails_fast_and_every_replica_recovers_within_5_s(clu
     after.assert_none_failed();
 }
 
+/// 1,000 creates from one client as fast as it can send them, spread by HAProxy over three
+/// replicas: the burst goes through, and past it only what the rate allows, counted once for the
+/// cluster in Redis (three replicas limiting alone would let three bursts through).
+async fn one_clients_creates_are_limited_once_across_the_replicas(cluster: &Cluster) {
+    assert_eq!(cluster.replicas().len(), 3);
+    let http = client_from([127, 0, 0, 250]);
+    let lb = cluster.lb;
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for chunk in (0..1_000).collect::<Vec<_>>().chunks(50) {
+        let sent = futures_util::future::join_all(chunk.iter().map(|i| {
+            http.post(format!("http://{lb}/reviews"))
+                .header("content-type", "application/json")
+                .body(review(&format!("limited-{i}")))
+                .send()
+        }))
+        .await;
+        statuses.extend(sent.into_iter().map(|r| r.unwrap().status().as_u16()));
+    }
+    let elapsed = started.elapsed();
+    let created = statuses.iter().filter(|&&s| s == 201).count() as u64;
+    let limited = statuses.iter().filter(|&&s| s == 429).count() as u64;
+    let most = CREATE_BURST + (elapsed.as_secs_f64() * CREATES_PER_SECOND).ceil() as u64 + 1;
+    println!(
+        "1,000 creates from one client in {:.2} s over 3 replicas: {created} created, {limited} \
+         limited (at most {most} allowed)",
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(created + limited, 1_000, "only 201 or 429");
+    assert!(
+        (CREATE_BURST..=most).contains(&created),
+        "{created} created in {elapsed:?}"
+    );
+    let sql = common::sql(&cluster.db_url).await;
+    let stored: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM reviews WHERE summary LIKE 'limited-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored as u64, created, "a limited create wrote nothing");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_serves_through_kills_restarts_scaling_and_outages() {
     let cluster = up(3).await;
     a_write_through_one_replica_is_read_through_every_other_and_the_lb(&cluster).await;
+    one_clients_creates_are_limited_once_across_the_replicas(&cluster).await;
     a_killed_replica_fails_no_get_and_loses_no_write(&cluster).await;
     a_rolling_restart_under_load_fails_nothing(&cluster).await;
     scaling_1_3_1_under_load_fails_nothing(&cluster).await;

@@ -154,6 +154,21 @@ async fn list_pages_are_range_scans_of_their_sorts_index() {
     }
 }
 
+/// The one-review-per-email check probes the author index, even on a product with many reviews.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_author_check_is_an_index_probe() {
+    let db = loaded_db().await;
+    let plan = explain(
+        &db,
+        reviews::db::HAS_REVIEW_BY_SQL,
+        &["1500", "'N@example.com'"],
+    )
+    .await;
+    println!("author check:\n{plan}\n");
+    assert!(plan.contains("reviews_author_idx"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn meta_reads_kept_aggregates_only() {
     let db = loaded_db().await;

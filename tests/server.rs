@@ -291,10 +291,8 @@ async fn old_connections_are_rotated_without_failing_a_call() {
     use std::sync::Arc;
 
     let db = DbConfig::new(common::fresh_db(common::SAMPLE_TEMPLATE).await);
-    let options = reviews::server::ServerOptions {
-        max_connection_age: Some(Duration::from_millis(600)),
-        ..Default::default()
-    };
+    let mut options = reviews::server::ServerOptions::default();
+    options.connections.max_age = Some(Duration::from_millis(600));
     let s = TestServer::start_with_options(db, options).await;
     let connects = Arc::new(AtomicUsize::new(0));
     let (counter, addr) = (connects.clone(), s.addr);
@@ -325,13 +323,17 @@ async fn old_connections_are_rotated_without_failing_a_call() {
     assert!(n >= 3, "{calls} calls over 3 s used {n} connections");
 }
 
-/// Whether the client gave up on a call before writing it: its connection was closing (after the
-/// server's GOAWAY) when the call was queued on it. Such a call reached no server.
+/// Whether a call reached no server: the client gave up on it before writing it (its connection
+/// was closing, after the server's GOAWAY, when the call was queued on it), or the server's
+/// GOAWAY refused its stream (HTTP/2 promises such a stream was not processed).
 fn never_sent(status: &tonic::Status) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = cause {
         if e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
+            || e.downcast_ref::<h2::Error>().is_some_and(|e| {
+                e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)
+            })
         {
             return true;
         }

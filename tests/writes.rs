@@ -503,3 +503,188 @@ async fn a_named_voter_counts_once_and_unnamed_votes_count_each_call() {
         .get(0);
     assert_eq!(kept, 4, "no vote kept for a bad name or an unknown review");
 }
+
+/// `Idempotency-Key` on CreateReview: a retry returns the first answer and writes nothing,
+/// through either face and either server, while the first attempt is still in flight, and after
+/// its client hung up; the key sent with another review, or malformed, is 422.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_with_the_same_idempotency_key_writes_nothing_and_gets_the_first_answer() {
+    let a = TestServer::sample().await;
+    let b = TestServer::start(&a.db_url).await;
+    let db = a.sql().await;
+    let rows = || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM reviews", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({
+        "product_id": 1, "rating": 4, "summary": "Kept once", "recommend": true,
+        "body": "Posted over a flaky network: the client retries with the same key.",
+        "name": "retrier", "email": "retry@example.com", "photos": [],
+        "characteristics": {"1": 3, "2": 3, "3": 3, "4": 3}
+    });
+    let post = |server: &TestServer, key: &str, body: &serde_json::Value| {
+        http.post(format!("http://{}/reviews", server.addr))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+    };
+    let before = rows().await;
+    let first = post(&a, "order-1234-review", &body).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first = first.text().await.unwrap();
+    let created: serde_json::Value = serde_json::from_str(&first).unwrap();
+    for server in [&a, &b] {
+        let again = post(server, "order-1234-review", &body).await.unwrap();
+        assert_eq!(again.status(), 201);
+        assert_eq!(
+            again.text().await.unwrap(),
+            first,
+            "the first answer, again"
+        );
+    }
+    assert_eq!(rows().await, before + 1);
+
+    // The same review over gRPC with the same key is the same request.
+    let mut grpc = tonic::Request::new(CreateReviewRequest {
+        product_id: 1,
+        rating: 4,
+        summary: "Kept once".into(),
+        body: "Posted over a flaky network: the client retries with the same key.".into(),
+        recommend: true,
+        name: "retrier".into(),
+        email: "retry@example.com".into(),
+        photos: vec![],
+        characteristics: HashMap::from([(1, 3), (2, 3), (3, 3), (4, 3)]),
+    });
+    grpc.metadata_mut()
+        .insert("idempotency-key", "order-1234-review".parse().unwrap());
+    let id = a.client.clone().create_review(grpc).await.unwrap();
+    assert_eq!(created["review_id"], id.into_inner().review_id);
+    assert_eq!(rows().await, before + 1);
+
+    // The key with another review, and malformed keys: 422, nothing written.
+    let mut other = body.clone();
+    other["rating"] = 1.into();
+    let reused = post(&a, "order-1234-review", &other).await.unwrap();
+    assert_eq!(reused.status(), 422);
+    assert!(reused.text().await.unwrap().contains("Idempotency-Key"));
+    for bad in ["has space", &"k".repeat(256)] {
+        let r = post(&a, bad, &body).await.unwrap();
+        assert_eq!(r.status(), 422, "{bad}");
+    }
+    assert_eq!(rows().await, before + 1);
+
+    // Twenty concurrent attempts with one key: one review, one answer.
+    let answers = futures_util::future::join_all((0..20).map(|i| {
+        let server = if i % 2 == 0 { &a } else { &b };
+        post(server, "burst-key", &body)
+    }))
+    .await;
+    let mut bodies = std::collections::HashSet::new();
+    for r in answers {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 201);
+        bodies.insert(r.text().await.unwrap());
+    }
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(rows().await, before + 2);
+
+    // The first attempt's client gives up while the create waits on a lock; the retry waits for
+    // that create and answers with its review.
+    let blocker = a.sql().await;
+    blocker
+        .batch_execute("BEGIN; SELECT * FROM product_stats WHERE product_id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("http://{}/reviews", a.addr))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "hung-up")
+        .body(body.to_string())
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client hung up");
+    let retry = tokio::spawn(post(&b, "hung-up", &body));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !retry.is_finished(),
+        "the retry waits for the first attempt"
+    );
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let retry = retry.await.unwrap().unwrap();
+    assert_eq!(retry.status(), 201);
+    let retried: serde_json::Value = serde_json::from_str(&retry.text().await.unwrap()).unwrap();
+    assert_eq!(rows().await, before + 3, "the first attempt's create, once");
+    let newest: i32 = db
+        .query_one("SELECT max(id) FROM reviews", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(retried["review_id"], newest, "{retried}");
+}
+
+/// With one review per email (the default), a second review of a product by the same email, in
+/// any case, is 409 / ALREADY_EXISTS, also when both race; other products are unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_review_of_a_product_by_the_same_email_is_409() {
+    let db = common::fresh_db(common::SAMPLE_TEMPLATE).await;
+    let mut setup = common::Setup::new(reviews::db::DbConfig::new(&db));
+    setup.options.one_review_per_email = true;
+    let s = TestServer::launch(setup).await;
+    let http = reqwest::Client::new();
+    let post = |product: i32, email: &str| {
+        let chars: serde_json::Value = if product == 1 {
+            serde_json::json!({"1": 3, "2": 3, "3": 3, "4": 3})
+        } else {
+            serde_json::json!({})
+        };
+        http.post(format!("http://{}/reviews", s.addr))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({
+                    "product_id": product, "rating": 5, "summary": "Again?", "recommend": true,
+                    "body": "The same shopper tries to review the same product a second time.",
+                    "name": "twice", "email": email, "photos": [], "characteristics": chars
+                })
+                .to_string(),
+            )
+            .send()
+    };
+    assert_eq!(post(1, "Ann@Example.com").await.unwrap().status(), 201);
+    let second = post(1, "ann@example.com").await.unwrap();
+    assert_eq!(second.status(), 409);
+    let body: serde_json::Value = serde_json::from_str(&second.text().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "already_exists", "{body}");
+    let mut grpc = valid();
+    grpc.email = "ANN@example.com".into();
+    let status = s.client.clone().create_review(grpc).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(post(27, "ann@example.com").await.unwrap().status(), 201);
+
+    let raced =
+        futures_util::future::join_all((0..10).map(|_| post(27, "racer@example.com"))).await;
+    let statuses: Vec<u16> = raced
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 409).count(),
+        9,
+        "{statuses:?}"
+    );
+}

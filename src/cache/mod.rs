@@ -87,6 +87,24 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
+/// One step of a GCRA rate limit (see `limits`) on `KEYS[1]`, which holds the theoretical arrival
+/// time of the client's next request in microseconds of Redis's own clock (one clock for every
+/// replica): `ARGV[1]` is the interval one request costs, `ARGV[2]` how far ahead of now the TAT
+/// may run. Returns -1 when the request is allowed (and moves the TAT on, the key expiring as it
+/// passes), else the microseconds until it would be.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+if tat - now > tolerance then return tat - tolerance - now end
+local next = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', next), 'PX', math.floor((next - now) / 1000) + 1)
+return -1
+";
+
 /// What is cached: a list page or a product's meta, in the form one face sends it.
 #[derive(Debug, Clone, Copy, Hash)]
 pub enum Entry {
@@ -187,6 +205,7 @@ struct Inner {
     cfg: CacheConfig,
     fill: redis::Script,
     invalidate: redis::Script,
+    gcra: redis::Script,
     breaker: Breaker,
     flights: Flights,
     doorkeeper: Doorkeeper,
@@ -220,6 +239,7 @@ impl Cache {
                 cfg,
                 fill: redis::Script::new(FILL),
                 invalidate: redis::Script::new(INVALIDATE),
+                gcra: redis::Script::new(GCRA),
                 flights: Flights::default(),
                 metrics,
                 globals: RwLock::default(),
@@ -302,6 +322,29 @@ impl Cache {
             Ok(1) => c.metrics.cache.fills.inc(),
             Ok(_) => c.metrics.cache.stale_fills.inc(),
             Err(_) => {}
+        }
+    }
+
+    /// One step of the rate limit named `key` (see `limits`) in Redis, shared by every replica:
+    /// `Some(Ok(()))` if the request is allowed, `Some(Err(wait))` if not; `None` when Redis
+    /// cannot be asked now (the breaker is open, or the call failed).
+    pub async fn gcra(
+        &self,
+        key: &str,
+        interval_us: u64,
+        tolerance_us: u64,
+    ) -> Option<Result<(), Duration>> {
+        let c = &self.inner;
+        if !c.breaker.allows() {
+            return None;
+        }
+        let mut invocation = c.gcra.key(c.cfg.limit_key(key));
+        invocation.arg(interval_us).arg(tolerance_us);
+        let mut conn = c.connection();
+        match c.guard(invocation.invoke_async::<i64>(&mut conn)).await {
+            Ok(wait) if wait < 0 => Some(Ok(())),
+            Ok(wait) => Some(Err(Duration::from_micros(wait as u64))),
+            Err(_) => None,
         }
     }
 
@@ -497,5 +540,9 @@ impl CacheConfig {
 
     fn max_lsn_key(&self) -> String {
         format!("{}:lsn-max", self.prefix)
+    }
+
+    fn limit_key(&self, name: &str) -> String {
+        format!("{}:rl:{name}", self.prefix)
     }
 }

@@ -159,15 +159,47 @@ fn every_subcommand_parses_from_the_environment_only() {
         ("REVIEWS_REDIS_TIMEOUT", "100ms"),
         ("REVIEWS_CORS_ORIGINS", "*"),
         ("REVIEWS_MAX_CONNECTION_AGE", "5m"),
+        ("REVIEWS_HEADER_TIMEOUT", "5s"),
+        ("REVIEWS_BODY_TIMEOUT", "20s"),
+        ("REVIEWS_IDLE_TIMEOUT", "2m"),
+        ("REVIEWS_HTTP2_KEEPALIVE_INTERVAL", "10s"),
+        ("REVIEWS_HTTP2_KEEPALIVE_TIMEOUT", "5s"),
+        ("REVIEWS_MAX_CONCURRENT_STREAMS", "100"),
+        ("REVIEWS_MAX_CONNECTIONS", "500"),
+        ("REVIEWS_DRAIN_DELAY", "0s"),
+        ("REVIEWS_RATE_LIMIT", "off"),
+        ("REVIEWS_CREATE_LIMIT", "5/1m:2"),
+        ("REVIEWS_HELPFUL_LIMIT", "100/1h:50"),
+        ("REVIEWS_REPORT_LIMIT", "3/1h:1"),
+        ("REVIEWS_CLIENT_HEADER", "X-Forwarded-For"),
         ("REVIEWS_REJECTS", "/tmp/rejects"),
     ];
     let serve = serve_config(parse_with(&env, &["serve"]).unwrap());
     assert_eq!((serve.db.pool_size, serve.cache.connections), (8, 4));
     assert_eq!((serve.db.read_lanes, serve.db.lanes()), (3, 3));
+    let c = serve.server.options().connections;
+    assert_eq!(c.max_age, Some(Duration::from_secs(300)));
     assert_eq!(
-        serve.server.max_connection_age,
-        Some(Duration::from_secs(300))
+        (c.header_timeout, c.body_timeout, c.idle_timeout),
+        (
+            Duration::from_secs(5),
+            Duration::from_secs(20),
+            Duration::from_secs(120)
+        )
     );
+    assert_eq!(
+        (c.keepalive_interval, c.keepalive_timeout),
+        (Some(Duration::from_secs(10)), Duration::from_secs(5))
+    );
+    assert_eq!((c.max_streams, c.max_connections), (100, 500));
+    assert_eq!(c.drain_delay, Duration::ZERO);
+    let l = serve.server.options().limits;
+    assert!(!l.enabled);
+    assert_eq!(
+        [l.create, l.helpful, l.report].map(|r| r.to_string()),
+        ["5/1m:2", "100/1h:50", "3/1h:1"]
+    );
+    assert_eq!(l.client_header.unwrap().as_str(), "x-forwarded-for");
     assert!(serve.db.read_url.is_some() && serve.cache.redis_url.is_some());
     for args in [
         &["migrate"][..],
@@ -281,4 +313,6 @@ fn the_command_lines_defaults_are_the_defaults_in_code() {
         serve.server.options().http.cors_origins,
         options.http.cors_origins
     );
+    assert_eq!(serve.server.options().connections, options.connections);
+    assert_eq!(serve.server.options().limits, options.limits);
 }

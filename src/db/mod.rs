@@ -23,10 +23,13 @@ use futures_util::FutureExt;
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::reviews::{Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort, Voter};
+use crate::reviews::{
+    IdempotencyKey, Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort, Voter,
+};
 
 pub use self::config::DbConfig;
 use self::lanes::{Lane, Lanes};
+pub use self::writes::HAS_REVIEW_BY_SQL;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -240,16 +243,44 @@ impl Db {
     }
 
     /// Writes the review, its photos, its characteristic values and the kept aggregates in one
-    /// transaction; returns the new review's id.
-    pub async fn create_review(&self, review: &NewReview) -> Result<Committed<ReviewId>, Error> {
+    /// transaction; returns the new review's id. With `key`, a create that committed with the
+    /// same key is replayed instead: its review's id, nothing written. With `one_per_email`, a
+    /// second review of the product by the same email is `AlreadyExists`.
+    pub async fn create_review(
+        &self,
+        review: &NewReview,
+        key: Option<&IdempotencyKey>,
+        one_per_email: bool,
+    ) -> Result<Committed<ReviewId>, Error> {
+        let created = self
+            .run(async {
+                let mut conn = self.primary.get().await?;
+                writes::create_review(&mut conn, review, key, one_per_email).await
+            })
+            .await?;
+        let id = match created {
+            writes::Created::New(id) | writes::Created::Replayed(id) => ReviewId::parse(id)?,
+        };
+        self.committed(id, review.product_id).await
+    }
+
+    /// The review a create with `key` made, if one committed (in the last 24 hours); an error if
+    /// the key came with another request. Read on the primary: it must see every commit.
+    pub async fn replayed(
+        &self,
+        key: &IdempotencyKey,
+        product: ProductId,
+    ) -> Result<Option<Committed<ReviewId>>, Error> {
         let id = self
             .run(async {
                 let mut conn = self.primary.get().await?;
-                writes::create_review(&mut conn, review).await
+                writes::replayed(&mut conn, key).await
             })
             .await?;
-        let id = ReviewId::parse(id)?;
-        self.committed(id, review.product_id).await
+        match id {
+            Some(id) => Ok(Some(self.committed(ReviewId::parse(id)?, product).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Adds one to a review's helpfulness; `None` when `voter` had voted it helpful already

@@ -67,6 +67,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    idempotency_keys (key) {
+        key -> Bytea,
+        request -> Bytea,
+        review_id -> Nullable<Int4>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(reviews_photos -> reviews (review_id));
 diesel::joinable!(characteristic_reviews -> reviews (review_id));
 diesel::joinable!(characteristic_reviews -> characteristics (characteristic_id));
@@ -78,4 +87,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     characteristic_reviews,
     product_stats,
     review_votes,
+    idempotency_keys,
 );

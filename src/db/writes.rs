@@ -2,7 +2,7 @@
 //! in its own transaction, taking the product's `product_stats` row lock first.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Int2, Int4, Int8, Timestamptz};
+use diesel::sql_types::{Bool, Bytea, Int2, Int4, Int8, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::cached::cached;
@@ -10,7 +10,7 @@ use super::schema::{
     characteristic_reviews, characteristics, review_votes, reviews, reviews_photos,
 };
 use crate::error::Error;
-use crate::reviews::{NewReview, ReviewId, Voter};
+use crate::reviews::{IdempotencyKey, NewReview, ReviewId, Voter};
 
 /// Adds `delta` (1 or -1) reviews of this rating and recommendation to the product's counts.
 /// Taking this row's lock first serialises every write to a product's aggregates.
@@ -48,10 +48,142 @@ async fn count_review(
     Ok(())
 }
 
-pub async fn create_review(conn: &mut AsyncPgConnection, review: &NewReview) -> Result<i32, Error> {
+/// What a create did.
+pub enum Created {
+    /// It wrote the review with this id.
+    New(i32),
+    /// Its idempotency key had created this review already; it wrote nothing.
+    Replayed(i32),
+}
+
+/// How long an idempotency key is remembered.
+const KEY_RETENTION: &str = "24 hours";
+
+/// The review an idempotency key created, if it is remembered; an error if it came with another
+/// request.
+pub async fn replayed(
+    conn: &mut AsyncPgConnection,
+    key: &IdempotencyKey,
+) -> Result<Option<i32>, Error> {
+    #[derive(QueryableByName)]
+    struct Kept {
+        #[diesel(sql_type = Bytea)]
+        request: Vec<u8>,
+        #[diesel(sql_type = Nullable<Int4>)]
+        review_id: Option<i32>,
+    }
+    let kept: Option<Kept> = cached(
+        diesel::sql_query(
+            "SELECT request, review_id FROM idempotency_keys
+             WHERE key = $1 AND created_at >= now() - interval '24 hours'",
+        )
+        .bind::<Bytea, _>(&key.key()[..]),
+    )
+    .get_result(conn)
+    .await
+    .optional()?;
+    match kept {
+        None => Ok(None),
+        Some(kept) if kept.request != key.request()[..] => Err(Error::invalid(
+            "Idempotency-Key",
+            format!("was sent with another review in the last {KEY_RETENTION}"),
+        )),
+        Some(kept) => Ok(kept.review_id),
+    }
+}
+
+/// Claims an idempotency key for this create, in its transaction: true if it is this create's
+/// (new, or remembered no longer), false if a create with it committed already. A create with the
+/// same key still in flight holds the row: this waits for it to commit or roll back.
+async fn claim(conn: &mut AsyncPgConnection, key: &IdempotencyKey) -> Result<bool, Error> {
+    let claimed = cached(
+        diesel::sql_query(
+            "INSERT INTO idempotency_keys AS k (key, request) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE
+                 SET request = excluded.request, review_id = NULL, created_at = now()
+                 WHERE k.created_at < now() - interval '24 hours'",
+        )
+        .bind::<Bytea, _>(&key.key()[..])
+        .bind::<Bytea, _>(&key.request()[..]),
+    )
+    .execute(conn)
+    .await?;
+    Ok(claimed == 1)
+}
+
+/// Records the review a claimed key created, and forgets a few expired keys.
+async fn settle(conn: &mut AsyncPgConnection, key: &IdempotencyKey, id: i32) -> Result<(), Error> {
+    cached(
+        diesel::sql_query("UPDATE idempotency_keys SET review_id = $2 WHERE key = $1")
+            .bind::<Bytea, _>(&key.key()[..])
+            .bind::<Int4, _>(id),
+    )
+    .execute(conn)
+    .await?;
+    cached(diesel::sql_query(
+        "DELETE FROM idempotency_keys WHERE key IN (
+             SELECT key FROM idempotency_keys
+             WHERE created_at < now() - interval '24 hours'
+             ORDER BY created_at LIMIT 16)",
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether product `$1` has a review by the email `$2` (in any case): a probe of
+/// `reviews_author_idx`, whatever the product's number of reviews.
+pub const HAS_REVIEW_BY_SQL: &str = "SELECT EXISTS (SELECT 1 FROM reviews \
+     WHERE product_id = $1 AND lower(reviewer_email) = lower($2)) AS taken";
+
+/// Whether the product has a review by this email already (any case).
+async fn has_review_by(
+    conn: &mut AsyncPgConnection,
+    product: i32,
+    email: &str,
+) -> Result<bool, Error> {
+    #[derive(QueryableByName)]
+    struct Taken {
+        #[diesel(sql_type = Bool)]
+        taken: bool,
+    }
+    let found: Taken = cached(
+        diesel::sql_query(HAS_REVIEW_BY_SQL)
+            .bind::<Int4, _>(product)
+            .bind::<Text, _>(email),
+    )
+    .get_result(conn)
+    .await?;
+    Ok(found.taken)
+}
+
+/// Writes a review in one transaction: with `key`, only if no create with that key committed
+/// already (then it is replayed); with `one_per_email`, only if the product has no review by the
+/// same email (else `AlreadyExists`).
+pub async fn create_review(
+    conn: &mut AsyncPgConnection,
+    review: &NewReview,
+    key: Option<&IdempotencyKey>,
+    one_per_email: bool,
+) -> Result<Created, Error> {
     conn.transaction(async |conn| {
+        if let Some(key) = key {
+            if !claim(conn, key).await? {
+                return match replayed(conn, key).await? {
+                    Some(id) => Ok(Created::Replayed(id)),
+                    None => Err(Error::Internal("a claimed key names no review".into())),
+                };
+            }
+        }
         let product = review.product_id.get();
         count_review(conn, product, review.rating, review.recommend, 1).await?;
+        // Under the product's aggregate lock (`count_review`): two creates of one product by
+        // one email cannot both pass.
+        if one_per_email && has_review_by(conn, product, &review.email).await? {
+            return Err(Error::AlreadyExists(format!(
+                "product {product} already has a review by this email"
+            )));
+        }
 
         let product_chars: Vec<i32> = characteristics::table
             .filter(characteristics::product_id.eq(product))
@@ -113,7 +245,10 @@ pub async fn create_review(conn: &mut AsyncPgConnection, review: &NewReview) -> 
             .execute(conn)
             .await?;
         apply_characteristic_values(conn, id, 1).await?;
-        Ok(id)
+        if let Some(key) = key {
+            settle(conn, key, id).await?;
+        }
+        Ok(Created::New(id))
     })
     .await
 }

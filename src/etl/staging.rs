@@ -241,12 +241,12 @@ pub async fn set_sequences(tx: &Transaction<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces the live tables with the staging ones, and forgets the named voters' votes: their
-/// review ids may name other reviews in the new data set.
+/// Replaces the live tables with the staging ones, and forgets the named voters' votes and the
+/// idempotency keys: their review ids may name other reviews in the new data set.
 pub async fn swap(tx: &Transaction<'_>) -> anyhow::Result<()> {
     let live: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
     let mut sql = format!(
-        "DROP TABLE {}; TRUNCATE public.review_votes;",
+        "DROP TABLE {}; TRUNCATE public.review_votes, public.idempotency_keys;",
         live.join(", ")
     );
     for table in TABLES {

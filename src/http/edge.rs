@@ -18,6 +18,7 @@ use super::codec::{self, FromHttp, Seen, WriteJson};
 use super::response::{error_response, json_error};
 use crate::error::{Error, FieldViolation};
 use crate::service::Context;
+use crate::transport::Peer;
 
 pub use generated::{dispatch, Call, JsonApi, ROUTES};
 
@@ -112,7 +113,8 @@ pub async fn handle<A: JsonApi>(
     let Some((route, bound)) = matched.iter().find(|(r, _)| r.method == method) else {
         return method_not_allowed(request.method(), path, &matched);
     };
-    let ctx = Context::from_headers(request.headers());
+    let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
+    let ctx = edge.api.context(request.headers(), peer);
     let input = Input {
         route,
         bound: bound.clone(),
@@ -246,6 +248,18 @@ async fn read_json(
     let bytes = match Limited::new(body, max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) if crate::transport::is_body_timeout(&*e) => {
+            let mut response = json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &e.to_string(),
+            );
+            // The rest of the body may still come: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(response);
+        }
         Err(_) => {
             return Err(json_error(
                 StatusCode::BAD_REQUEST,

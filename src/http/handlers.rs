@@ -37,6 +37,10 @@ impl JsonHandlers {
 }
 
 impl JsonApi for JsonHandlers {
+    fn context(&self, headers: &http::HeaderMap, peer: Option<std::net::IpAddr>) -> Context {
+        self.service.context(headers, peer)
+    }
+
     async fn list_reviews(
         &self,
         ctx: Context,

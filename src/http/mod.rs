@@ -7,6 +7,7 @@ mod handlers;
 mod response;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -77,31 +78,118 @@ async fn admit(State(admission): State<Admission>, request: Request, next: Next)
 const OVERLOADED: &str = "the service is overloaded, retry shortly";
 
 fn overloaded(request: &Request) -> Response {
-    let ct = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if ct.starts_with("application/grpc") {
-        // A trailers-only answer: the status in the headers, no message, in the caller's framing.
-        let reply = if ct.starts_with("application/grpc-web-text") {
-            "application/grpc-web-text"
-        } else if ct.starts_with("application/grpc-web") {
-            "application/grpc-web+proto"
-        } else {
-            "application/grpc"
-        };
-        let mut response: Response = tonic::Status::unavailable(OVERLOADED).into_http();
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(reply));
-        return response;
+    if let Some(framing) = grpc_framing(request) {
+        return grpc_status(framing, tonic::Status::unavailable(OVERLOADED));
     }
     let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", OVERLOADED);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+/// The content type a gRPC or gRPC-Web caller is answered in; `None` for other requests.
+fn grpc_framing(request: &Request) -> Option<&'static str> {
+    let ct = request.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(if ct.starts_with("application/grpc-web-text") {
+        "application/grpc-web-text"
+    } else if ct.starts_with("application/grpc-web") {
+        "application/grpc-web+proto"
+    } else if ct.starts_with("application/grpc") {
+        "application/grpc"
+    } else {
+        return None;
+    })
+}
+
+/// A trailers-only answer: the status in the headers, no message, in the caller's framing.
+fn grpc_status(framing: &'static str, status: tonic::Status) -> Response {
+    let mut response: Response = status.into_http();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(framing));
+    response
+}
+
+/// Honours a gRPC caller's `grpc-timeout`: once it has passed, the call is abandoned and answered
+/// DEADLINE_EXCEEDED. (A write it started runs to its end: see `service::detached`.)
+async fn deadline(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let Some(framing) = grpc_framing(&request) else {
+        return next.run(request).await;
+    };
+    let Some(value) = request.headers().get("grpc-timeout") else {
+        return next.run(request).await;
+    };
+    let Some(limit) = parse_grpc_timeout(value.as_bytes()) else {
+        return grpc_status(
+            framing,
+            tonic::Status::invalid_argument(
+                "grpc-timeout must be 1 to 8 digits and a unit (H, M, S, m, u or n)",
+            ),
+        );
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics.deadlines_exceeded.inc();
+            grpc_status(
+                framing,
+                tonic::Status::deadline_exceeded("the call's deadline (grpc-timeout) passed"),
+            )
+        }
+    }
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit, per the gRPC over HTTP/2 protocol.
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse_by_the_protocol() {
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_grpc_timeout(b"99999999S"),
+            Some(Duration::from_secs(99_999_999))
+        );
+        assert_eq!(
+            parse_grpc_timeout(b"250m"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout(b"0n"), Some(Duration::ZERO));
+        for bad in [
+            &b""[..],
+            b"S",
+            b"100",
+            b"123456789S",
+            b"1s",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+        ] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -133,14 +221,18 @@ pub fn router(
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics_text))
         .with_state(probes);
-    let mut grpc_web =
-        grpc.layer(tonic_web::GrpcWebLayer::new())
-            .layer(axum::middleware::map_response(
-                |mut r: Response| async move {
-                    crate::grpc::codec::malformed_is_invalid_argument(r.headers_mut());
-                    r
-                },
-            ));
+    let mut grpc_web = grpc
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(axum::middleware::map_response(
+            |mut r: Response| async move {
+                crate::grpc::codec::malformed_is_invalid_argument(r.headers_mut());
+                r
+            },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shed_metrics.clone(),
+            deadline,
+        ));
     let edge = Edge {
         api: JsonHandlers::new(service),
         max_body: cfg.max_body,
@@ -188,9 +280,10 @@ fn cors(cfg: &HttpConfig) -> CorsLayer {
             HeaderName::from_static("connect-protocol-version"),
             HeaderName::from_static("connect-timeout-ms"),
             HeaderName::from_static("reviews-voter"),
+            HeaderName::from_static("idempotency-key"),
         ])
         .expose_headers(grpc_headers.map(HeaderName::from_static))
-        .max_age(std::time::Duration::from_secs(24 * 3600))
+        .max_age(Duration::from_secs(24 * 3600))
 }
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");

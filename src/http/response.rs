@@ -58,6 +58,11 @@ pub fn status_response(status: &Status) -> Response {
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if let Some(delay) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(delay.as_secs().max(1)));
+    }
     response
 }
 

@@ -44,6 +44,34 @@ pub struct NewReview {
 }
 
 impl NewReview {
+    /// A SHA-256 digest of every field, each length-prefixed, so two reviews have the same one
+    /// exactly when they are the same review.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut text = |t: &str| {
+            h.update((t.len() as u64).to_be_bytes());
+            h.update(t.as_bytes());
+        };
+        text(&self.summary);
+        text(&self.body);
+        text(&self.name);
+        text(&self.email);
+        h.update((self.photos.len() as u64).to_be_bytes());
+        for photo in &self.photos {
+            h.update((photo.len() as u64).to_be_bytes());
+            h.update(photo.as_bytes());
+        }
+        h.update(self.product_id.get().to_be_bytes());
+        h.update(self.rating.to_be_bytes());
+        h.update([u8::from(self.recommend)]);
+        for (id, value) in &self.characteristics {
+            h.update(id.to_be_bytes());
+            h.update(value.to_be_bytes());
+        }
+        h.finalize().into()
+    }
+
     /// Validates every field and reports every violation at once. A bad `product_id` is the
     /// legacy error on its own, since clients match its exact text.
     pub fn parse(raw: RawNewReview) -> Result<Self, Error> {

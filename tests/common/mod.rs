@@ -129,6 +129,21 @@ pub async fn fresh_db(template: &str) -> String {
     cluster.url(&name)
 }
 
+/// The server's options as tests start it: readiness re-checked often, no drain delay, no rate
+/// limits and any number of reviews per email (the tests of each set them), as
+/// `REVIEWS_DRAIN_DELAY=0s`, `REVIEWS_RATE_LIMIT=off` and `REVIEWS_ONE_REVIEW_PER_EMAIL=off`
+/// would.
+pub fn options() -> ServerOptions {
+    let mut options = ServerOptions {
+        health_interval: Duration::from_millis(200),
+        limits: reviews::limits::LimitsConfig::off(),
+        one_review_per_email: false,
+        ..Default::default()
+    };
+    options.connections.drain_delay = Duration::ZERO;
+    options
+}
+
 /// How to start a test server.
 pub struct Setup {
     pub db: DbConfig,
@@ -143,10 +158,7 @@ impl Setup {
             db,
             cache: None,
             hooks: Hooks::default(),
-            options: ServerOptions {
-                health_interval: Duration::from_millis(200),
-                ..Default::default()
-            },
+            options: options(),
         }
     }
 
