@@ -118,8 +118,16 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>) -> Value {
             "required": true,
             "content": {"application/json": {"schema": message_ref(&input, schemas)}}
         });
+        op["responses"]["408"] = error("The body did not arrive within the body timeout.");
         op["responses"]["413"] = error("The body is too large.");
         op["responses"]["415"] = error("The body is not application/json.");
+    }
+    if route.method != "GET" {
+        op["responses"]["429"] =
+            error("Over this client's rate limit; retry after `Retry-After` seconds.");
+    }
+    if route.rpc.name() == "CreateReview" {
+        op["responses"]["409"] = error("The product has a review by this email already.");
     }
     op
 }
@@ -146,14 +154,57 @@ fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) 
             unreachable!("map fields are messages");
         };
         let value = entry.map_entry_value_field();
-        return json!({"type": "object", "additionalProperties": kind_schema(&value.kind(), schemas)});
+        let mut values = kind_schema(&value.kind(), schemas);
+        bounds(field, &mut values);
+        return json!({"type": "object", "additionalProperties": values});
     }
-    let single = kind_schema(&field.kind(), schemas);
+    let mut single = kind_schema(&field.kind(), schemas);
+    bounds(field, &mut single);
     if field.is_list() {
-        json!({"type": "array", "items": single})
+        let mut list = json!({"type": "array", "items": single});
+        if let Some(n) = option(field, "max_items") {
+            list["maxItems"] = n;
+        }
+        list
     } else {
         single
     }
+}
+
+/// The field's `(reviews.v1.minimum)` ... `(reviews.v1.format)` options, as JSON Schema bounds
+/// of one value (of an item of a list, of a value of a map).
+fn bounds(field: &FieldDescriptor, schema: &mut Value) {
+    for (option_name, keyword) in [
+        ("minimum", "minimum"),
+        ("maximum", "maximum"),
+        ("min_length", "minLength"),
+        ("max_length", "maxLength"),
+        ("format", "format"),
+    ] {
+        if let Some(value) = option(field, option_name) {
+            schema[keyword] = value;
+        }
+    }
+}
+
+/// The value of the field option `reviews.v1.<name>`, when set.
+fn option(field: &FieldDescriptor, name: &str) -> Option<Value> {
+    let ext = field
+        .parent_pool()
+        .get_extension_by_name(&format!("reviews.v1.{name}"))?;
+    let options = field.options();
+    if !options.has_extension(&ext) {
+        return None;
+    }
+    Some(match &*options.get_extension(&ext) {
+        prost_reflect::Value::I64(n) => json!(n),
+        prost_reflect::Value::U32(n) => json!(n),
+        prost_reflect::Value::String(s) => json!(s),
+        other => panic!(
+            "{}: unexpected value {other:?} of {name}",
+            field.full_name()
+        ),
+    })
 }
 
 fn kind_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>) -> Value {

@@ -7,10 +7,14 @@
 //! Usage: `bench_grpc --addr 127.0.0.1:50051 --products 1000011 [--hot 1000] [--method meta]
 //!         (--rate 1000 | --concurrency 64) [--duration 15] [--connections 4]`
 
+#[path = "support/ids.rs"]
+mod ids;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ids::Ids;
 use reviews::pb;
 use reviews::pb::review_service_client::ReviewServiceClient;
 use tonic::transport::Channel;
@@ -52,18 +56,6 @@ fn options() -> anyhow::Result<Options> {
         }
     }
     Ok(o)
-}
-
-/// xorshift64*: enough randomness for ids, no dependency.
-struct Ids(u64, u64);
-
-impl Ids {
-    fn next(&mut self) -> i32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.1 + 1) as i32
-    }
 }
 
 #[derive(Default)]
@@ -143,7 +135,7 @@ async fn closed_loop(o: &Arc<Options>, channels: &[Channel], tally: &Arc<Tally>,
             let mut mine = Vec::new();
             while Instant::now() < deadline {
                 let start = Instant::now();
-                if call(&mut client, &o.method, ids.next()).await {
+                if call(&mut client, &o.method, ids.next() as i32).await {
                     mine.push(start.elapsed().as_micros() as u32);
                 } else {
                     tally.errors.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +166,7 @@ async fn open_loop(
         tokio::time::sleep_until(scheduled.into()).await;
         let (o, tally) = (o.clone(), tally.clone());
         let mut client = ReviewServiceClient::new(channels[n as usize % channels.len()].clone());
-        let product = ids.next();
+        let product = ids.next() as i32;
         calls.push(tokio::spawn(async move {
             if call(&mut client, &o.method, product).await {
                 // From the scheduled start: a late start counts against the server.

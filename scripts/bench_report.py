@@ -160,10 +160,46 @@ def report():
                          f"{fmt(r['p99_ms'], ' ms')} | {fmt(r['p999_ms'], ' ms')} | {r['errors']} |")
     lines.append("")
     lines.append("![latency percentiles against offered rate](latency.svg)\n")
+    lines.extend(overload_table(runs, m("cache-list-random")))
     with open(f"{out}/README.md", "w") as f:
         f.write("\n".join(lines))
     with open(f"{out}/latency.svg", "w") as f:
         f.write(svg(points))
+
+
+def overload_table(runs, capacity):
+    """The overload runs (examples/bench_overload.rs): admitted and shed requests apart, RSS."""
+    out = ["## Overload\n",
+           "JSON list, random ids, cache on, HTTP/1.1 keep-alive connections opened before the clock "
+           "starts; closed loop (each connection with one request in flight, waiting what "
+           "`Retry-After` asks after a 503, as a well-behaved client does; once more ignoring it, "
+           "a retry storm) at 2,000 and 6,000 connections, and an open loop at twice the "
+           "closed-loop maximum above "
+           f"({fmt(capacity)} req/s) over 2,000 connections. Admitted: 2xx; shed: 503 at once "
+           "(`REVIEWS_MAX_IN_FLIGHT`); failed: no answer. RSS of the service at rest (just before), "
+           "at its peak (sampled every 200 ms) and 30 s after the run.\n",
+           "| run | admitted req/s (goodput / max) | admitted p50 / p99 / max | shed | shed p99 / max "
+           "| over 1 s | failed | RSS rest / peak / 30 s after (after / rest) | cache errors |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, label in (("overload-2000", "2,000 connections, 20 s"),
+                        ("overload-6000", "6,000 connections, 15 s"),
+                        ("overload-6000-hammer", "6,000 connections ignoring Retry-After, 15 s"),
+                        ("overload-open-2x", "open loop at 2× the maximum, 15 s")):
+        r = (runs.get(name) or [None])[-1]
+        if not r:
+            continue
+        if r.get("offered_rps"):
+            label += f" ({fmt(round(r['offered_rps']))} req/s offered)"
+        mb = lambda kb: f"{kb / 1024:.0f} MB"
+        good = f" ({r['ok_rps'] / capacity:.2f}×)" if capacity else ""
+        out.append(
+            f"| {label} | {fmt(r['ok_rps'])}{good} | {fmt(r['ok_p50_ms'], ' ms')} / "
+            f"{fmt(r['ok_p99_ms'], ' ms')} / {fmt(r['ok_max_ms'], ' ms')} | {r['shed']:,} | "
+            f"{fmt(r['shed_p99_ms'], ' ms')} / {fmt(r['shed_max_ms'], ' ms')} | {r['over_1s']} | "
+            f"{r['failed']} | {mb(r['rss_rest_kb'])} / {mb(r['rss_peak_kb'])} / {mb(r['rss_after_kb'])} "
+            f"({r['rss_after_kb'] / r['rss_rest_kb']:.2f}×) | {r['cache_errors']} |")
+    out.append("")
+    return out
 
 
 def svg(points):

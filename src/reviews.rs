@@ -3,7 +3,10 @@
 
 mod new_review;
 
-pub use new_review::{NewReview, RawNewReview};
+pub use new_review::{
+    NewReview, RawNewReview, MAX_BODY_CHARS, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_PHOTOS,
+    MAX_SUMMARY_CHARS, MAX_URL_CHARS, MIN_BODY_CHARS,
+};
 
 use chrono::{DateTime, Utc};
 

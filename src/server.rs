@@ -212,8 +212,7 @@ impl Application {
     /// Binds the listener and builds the service on its database and cache, connecting to
     /// neither: the server starts (not ready) while they are down.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.listen)
-            .await
+        let listener = listen(settings.listen)
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let metrics = Arc::new(Metrics::default());
         let db = Db::new(&settings.db, metrics.clone());
@@ -279,9 +278,10 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting
-    /// connections, lets the calls in flight finish, and returns.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    /// Everything the listener serves on its one port: the gRPC services (plain and gRPC-Web),
+    /// the JSON edge, the probes and the metrics; and the readiness they report. Public so that
+    /// the fuzz targets (`fuzz/`) drive exactly the stack that runs.
+    pub async fn app(&self) -> anyhow::Result<(axum::Router, Readiness)> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = Readiness::new(reporter).await;
         let grpc = Routes::new(health_service)
@@ -299,7 +299,13 @@ impl Application {
             self.metrics.clone(),
             &self.options.http,
         );
+        Ok((app, readiness))
+    }
 
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting
+    /// connections, lets the calls in flight finish, and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (app, readiness) = self.app().await?;
         let tracker = tokio::spawn(health::track(
             self.service.db().clone(),
             readiness.clone(),
@@ -326,6 +332,21 @@ impl Application {
         tracing::info!("server stopped");
         Ok(())
     }
+}
+
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`): a burst of new
+/// clients (a replica taking over another's) is accepted rather than left to retransmit its SYN
+/// a second later. tokio's `TcpListener::bind` asks for 1,024.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Reflection knows the review service and health; v1alpha is served too, for older clients.

@@ -558,7 +558,21 @@ async fn grpc_web_binary_and_text_work_over_http1() {
     // frame shorter than it says, a compressed frame without an encoding, text that is not
     // base64.
     let h2 = Client::builder().http2_prior_knowledge().build().unwrap();
-    let cases: [(&str, &[u8], &str); 4] = [
+    let cases: [(&str, &[u8], &str); 7] = [
+        // Found by the grpc_web_text fuzz target: a body without any message.
+        ("no message", &[], "not a well-formed gRPC message"),
+        (
+            // Found by the grpc_web_text fuzz target: a frame that says it is 1.6 GB long.
+            "too large",
+            &[0, 0x60, 0, 0, 1, 0x08, 1],
+            "larger than the service accepts",
+        ),
+        (
+            // Found by the grpc_web_text fuzz target: a flag byte that is neither 0 nor 1.
+            "invalid compression flag",
+            &[0x40, 0, 0, 0, 2, 0x08, 1],
+            "not a well-formed gRPC message",
+        ),
         (
             "not protobuf",
             &[0, 0, 0, 0, 2, 0x0a, 100],
@@ -602,9 +616,11 @@ async fn grpc_web_binary_and_text_work_over_http1() {
                     .unwrap_or_default()
             };
             let (status, message) = (header("grpc-status"), header("grpc-message"));
+            let expected = if case == "too large" { "8" } else { "3" };
             assert_eq!(
-                status, "3",
-                "{case} over {face}: INVALID_ARGUMENT, not {status} {message}"
+                status, expected,
+                "{case} over {face}: INVALID_ARGUMENT (RESOURCE_EXHAUSTED when too large), \
+                 not {status} {message}"
             );
             assert!(message.contains(want), "{case} over {face}: {message}");
         }
@@ -764,6 +780,94 @@ async fn the_openapi_document_is_valid_openapi_3() {
     assert!(doc["paths"]["/reviews/{review_id}/report"]["put"]["responses"]["204"].is_object());
 }
 
+/// The document states the bounds the service enforces, the same numbers as the code's.
+#[test]
+fn the_openapi_document_states_the_validators_bounds() {
+    use reviews::reviews as r;
+    let doc: serde_json::Value = serde_json::from_str(reviews::http::OPENAPI).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let create = &schemas["reviews.v1.CreateReviewRequest"]["properties"];
+    let n = |v: usize| serde_json::json!(v);
+    assert_eq!(create["product_id"]["minimum"], 1);
+    assert_eq!(
+        (&create["rating"]["minimum"], &create["rating"]["maximum"]),
+        (&n(1), &n(5))
+    );
+    assert_eq!(create["summary"]["maxLength"], n(r::MAX_SUMMARY_CHARS));
+    assert_eq!(create["body"]["minLength"], n(r::MIN_BODY_CHARS));
+    assert_eq!(create["body"]["maxLength"], n(r::MAX_BODY_CHARS));
+    assert_eq!(create["name"]["maxLength"], n(r::MAX_NAME_CHARS));
+    assert_eq!(create["email"]["maxLength"], n(r::MAX_EMAIL_CHARS));
+    assert_eq!(create["email"]["format"], "email");
+    assert_eq!(create["photos"]["maxItems"], n(r::MAX_PHOTOS));
+    assert_eq!(create["photos"]["items"]["maxLength"], n(r::MAX_URL_CHARS));
+    let values = &create["characteristics"]["additionalProperties"];
+    assert_eq!((&values["minimum"], &values["maximum"]), (&n(1), &n(5)));
+    let list = &doc["paths"]["/reviews"]["get"]["parameters"];
+    for name in ["product_id", "page", "count"] {
+        let p = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        assert_eq!(p["schema"]["minimum"], 1, "{name}");
+    }
+    let count = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "count")
+        .unwrap();
+    assert!(
+        count["schema"]["maximum"].is_null(),
+        "count is clamped, not refused, above {}",
+        r::MAX_PAGE_SIZE
+    );
+    let helpful = &doc["paths"]["/reviews/{review_id}/helpful"]["put"];
+    assert_eq!(helpful["parameters"][0]["schema"]["minimum"], 1);
+    assert!(helpful["responses"]["429"].is_object());
+    assert!(doc["paths"]["/reviews"]["post"]["responses"]["409"].is_object());
+}
+
+/// Schemathesis (PyPI) generates requests from `/openapi.json`, valid and invalid ones, sends
+/// them to the running server and checks every answer against the document: no 5xx, only
+/// documented status codes and content types, bodies that match their schemas, invalid input
+/// refused. One check is left out: `positive_data_acceptance` expects every schema-valid create
+/// to succeed, but a create must rate exactly the product's characteristics, which depend on
+/// the data, not on the schema (such a create is rightly 422).
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_answer_that_breaks_the_openapi_document() {
+    let s = TestServer::sample().await;
+    // From a scratch folder: schemathesis keeps what it found in `.hypothesis/` there.
+    let scratch = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new("schemathesis")
+        .current_dir(scratch.path())
+        .args([
+            "run",
+            &format!("http://{}/openapi.json", s.addr),
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "40",
+            "--seed",
+            "11",
+            "--no-color",
+        ])
+        .output()
+        .await
+        .expect("schemathesis runs (scripts/test installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
+}
+
 fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     bytes
@@ -803,4 +907,26 @@ fn unbase64(text: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
     }
     out
+}
+
+/// A plain HTTP request to a gRPC method's path is told, in JSON, what that path takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_http_request_to_a_grpc_path_gets_a_json_415() {
+    let s = TestServer::sample().await;
+    for (method, content_type) in [
+        (Method::GET, None),
+        (Method::POST, Some("application/json")),
+    ] {
+        let mut request = Client::new().request(
+            method.clone(),
+            format!("http://{}/reviews.v1.ReviewService/GetReviewMeta", s.addr),
+        );
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct).body("{}");
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{method}");
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(body["code"], "unsupported_media_type");
+    }
 }

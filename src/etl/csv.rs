@@ -20,6 +20,10 @@ impl Record {
         self.fields.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
     pub fn get(&self, i: usize) -> &str {
         let (start, end, _) = self.fields[i];
         &self.text[start..end]

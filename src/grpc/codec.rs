@@ -54,9 +54,12 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
 /// What tonic and tonic-web answer, as `INTERNAL`, to a request that is not a well-formed gRPC
 /// or gRPC-Web message, before any handler runs: the start of each `grpc-message`. The service's
 /// own `INTERNAL` says "internal error" and is left alone.
-const MALFORMED: [&str; 4] = [
+const MALFORMED: [&str; 5] = [
     "Unexpected EOF decoding stream",
-    "protocol error: received message with compressed-flag",
+    // A unary call whose body holds no message at all.
+    "Missing request message",
+    // A frame flagged compressed without `grpc-encoding`, or whose flag is neither 0 nor 1.
+    "protocol error: received message with ",
     "tonic-web: ",
     "failed to decode",
 ];
@@ -64,12 +67,20 @@ const MALFORMED: [&str; 4] = [
 /// The message a malformed request gets instead of the decoder's account of it.
 pub const MALFORMED_MESSAGE: &str = "the request is not a well-formed gRPC message";
 
-/// Turns a trailers-only `INTERNAL` answer to a malformed request into `INVALID_ARGUMENT` with a
-/// short message (the caller's mistake, said without the decoder's internals).
+/// What tonic answers, as `OUT_OF_RANGE` with its limit in the text, to a frame longer than the
+/// largest message it decodes.
+const TOO_LARGE: &str = "Error, decoded message length too large";
+
+/// Rewrites tonic's trailers-only answers to a malformed request, before any handler ran: an
+/// `INTERNAL` one becomes `INVALID_ARGUMENT` with a short message (the caller's mistake, said
+/// without the decoder's internals), and an `OUT_OF_RANGE` one for a frame over the size limit
+/// becomes `RESOURCE_EXHAUSTED` (what gRPC specifies for a message over the receive limit).
 pub fn malformed_is_invalid_argument(headers: &mut http::HeaderMap) {
-    if headers.get("grpc-status").is_none_or(|s| s != "13") {
-        return;
-    }
+    let code = match headers.get("grpc-status").map(|s| s.as_bytes()) {
+        Some(b"13") => tonic::Code::Internal,
+        Some(b"11") => tonic::Code::OutOfRange,
+        _ => return,
+    };
     let message = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
@@ -79,10 +90,17 @@ pub fn malformed_is_invalid_argument(headers: &mut http::HeaderMap) {
                 .into_owned()
         })
         .unwrap_or_default();
-    if MALFORMED.iter().any(|p| message.starts_with(p)) {
-        headers.remove("grpc-status-details-bin");
-        Status::invalid_argument(MALFORMED_MESSAGE)
-            .add_header(headers)
-            .expect("a fixed ASCII message");
-    }
+    let replacement = match code {
+        tonic::Code::Internal if MALFORMED.iter().any(|p| message.starts_with(p)) => {
+            Status::invalid_argument(MALFORMED_MESSAGE)
+        }
+        tonic::Code::OutOfRange if message.starts_with(TOO_LARGE) => {
+            Status::resource_exhausted("the request message is larger than the service accepts")
+        }
+        _ => return,
+    };
+    headers.remove("grpc-status-details-bin");
+    replacement
+        .add_header(headers)
+        .expect("a fixed ASCII message");
 }

@@ -102,6 +102,20 @@ fn grpc_framing(request: &Request) -> Option<&'static str> {
     })
 }
 
+/// A gRPC method's path takes gRPC or gRPC-Web only; anything else (a JSON client that took a
+/// wrong turn, a browser) gets a JSON 415 saying so, rather than tonic-web's empty 400.
+async fn grpc_only(request: Request, next: Next) -> Response {
+    if grpc_framing(&request).is_none() {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a gRPC method takes Content-Type application/grpc, application/grpc-web or \
+             application/grpc-web-text",
+        );
+    }
+    next.run(request).await
+}
+
 /// A trailers-only answer: the status in the headers, no message, in the caller's framing.
 fn grpc_status(framing: &'static str, status: tonic::Status) -> Response {
     let mut response: Response = status.into_http();
@@ -250,6 +264,7 @@ pub fn router(
         grpc_web = grpc_web.layer(layer.clone());
         json = json.layer(layer);
     }
+    let grpc_web = grpc_web.layer(axum::middleware::from_fn(grpc_only));
     fixed
         .merge(grpc_web)
         .fallback_service(json)

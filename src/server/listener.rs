@@ -124,11 +124,10 @@ pub async fn serve(
     let (phase, _) = watch::channel(Phase::Serving);
     let server = Arc::new(Shared {
         app,
-        options,
         metrics,
-        slots: Arc::new(Semaphore::new(0)),
+        slots: Arc::new(Semaphore::new(options.max_connections)),
+        options,
     });
-    server.slots.add_permits(server.options.max_connections);
     let mut shutdown = std::pin::pin!(shutdown);
     accept_until(&listener, &server, &phase, shutdown.as_mut()).await;
 
