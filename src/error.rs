@@ -56,7 +56,7 @@ pub const MAX_VIOLATIONS: usize = 10;
 
 /// A wait in whole seconds, rounded up, at least 1 (as `Retry-After` says it).
 pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// Fields and reasons are cut to this many bytes: a client may send a key of any length.

@@ -22,7 +22,7 @@ use crate::config::{parse_duration, parse_switch};
 use crate::error::Error;
 
 /// The writes that are limited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Create,
     Helpful,
@@ -237,8 +237,8 @@ pub struct Limiter {
     cfg: LimitsConfig,
     cache: Option<Cache>,
     start: Instant,
-    /// TATs in microseconds since `start`.
-    local: Mutex<HashMap<(Action, String), u64>>,
+    /// TATs in microseconds since `start`, by `<action>:<client>`.
+    local: Mutex<HashMap<String, u64>>,
 }
 
 impl Limiter {
@@ -251,13 +251,18 @@ impl Limiter {
         }
     }
 
-    /// Who a request is from: the configured client header, or else the peer address.
-    pub fn client(&self, headers: &http::HeaderMap, peer: Option<IpAddr>) -> Option<Client> {
-        let named = self.cfg.client_header.as_ref().and_then(|name| {
-            let last = headers.get_all(name).iter().next_back()?;
-            Client::from_header(last.as_bytes())
-        });
-        named.or(peer.map(Client::Ip))
+    /// The last value of the configured client header, if one is configured and sent: kept as
+    /// sent (a shared buffer's handle), parsed only by a write that is limited.
+    pub fn client_header(&self, headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+        let name = self.cfg.client_header.as_ref()?;
+        headers.get_all(name).iter().next_back().cloned()
+    }
+
+    /// Who a request is from: what the client header says, or else the peer address.
+    pub fn client(header: Option<&http::HeaderValue>, peer: Option<IpAddr>) -> Option<Client> {
+        header
+            .and_then(|value| Client::from_header(value.as_bytes()))
+            .or(peer.map(Client::Ip))
     }
 
     /// Counts a request of `client` for `action`; `Err(RateLimited)` when it is over the limit.
@@ -278,21 +283,22 @@ impl Limiter {
         };
         let verdict = match shared {
             Some(verdict) => verdict,
-            None => self.local(action, key, rate),
+            None => self.local(key, rate),
         };
-        verdict.map_err(|wait| Error::RateLimited(wait.max(Duration::from_millis(1))))
+        // A refusal's wait is never zero: the TAT is strictly beyond the tolerance.
+        verdict.map_err(Error::RateLimited)
     }
 
-    fn local(&self, action: Action, key: String, rate: Rate) -> Result<(), Duration> {
+    fn local(&self, key: String, rate: Rate) -> Result<(), Duration> {
         let now = self.start.elapsed().as_micros() as u64;
         let mut map = self.local.lock().expect("limiter lock");
-        if map.len() >= LOCAL_CAPACITY && !map.contains_key(&(action, key.clone())) {
+        if map.len() >= LOCAL_CAPACITY && !map.contains_key(&key) {
             map.retain(|_, tat| *tat > now);
             if map.len() >= LOCAL_CAPACITY {
                 return Ok(());
             }
         }
-        let tat = map.entry((action, key)).or_insert(now);
+        let tat = map.entry(key).or_insert(now);
         let (next, verdict) = gcra(*tat, now, rate.interval_us(), rate.tolerance_us());
         *tat = next;
         verdict

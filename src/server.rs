@@ -124,7 +124,7 @@ impl ServerArgs {
                 header_timeout: self.header_timeout,
                 body_timeout: self.body_timeout,
                 idle_timeout: self.idle_timeout,
-                keepalive_interval: Some(self.keepalive_interval),
+                keepalive_interval: self.keepalive_interval,
                 keepalive_timeout: self.keepalive_timeout,
                 max_streams: self.max_streams,
                 max_connections: self.max_connections as usize,

@@ -19,7 +19,7 @@ pub use hooks::Hooks;
 use crate::cache::{Cache, Entry, Lookup};
 use crate::db::{Committed, Db};
 use crate::error::Error;
-use crate::limits::{Action, Client, Limiter, LimitsConfig};
+use crate::limits::{Action, Limiter, LimitsConfig};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::reviews::{
@@ -45,8 +45,10 @@ pub struct Context {
     /// Who votes, when the storefront names them (`Reviews-Voter`, or `reviews-voter` in gRPC
     /// metadata), as sent: validated and hashed by the operations that count votes.
     pub voter: Option<http::HeaderValue>,
-    /// Who the request is from, for the rate limits; `None`: unknown, not limited.
-    pub client: Option<Client>,
+    /// Who the request is from, for the rate limits (resolved only by the writes that count
+    /// them): the peer's address, and the configured client header's last value, as sent.
+    pub peer: Option<std::net::IpAddr>,
+    pub client_header: Option<http::HeaderValue>,
     /// A CreateReview's `Idempotency-Key` (gRPC: `idempotency-key`), as sent.
     pub idempotency_key: Option<http::HeaderValue>,
 }
@@ -64,7 +66,8 @@ impl Context {
             request_id: text("x-request-id"),
             traceparent: text("traceparent"),
             voter: headers.get("reviews-voter").cloned(),
-            client: None,
+            peer: None,
+            client_header: None,
             idempotency_key: headers.get("idempotency-key").cloned(),
         }
     }
@@ -143,7 +146,8 @@ impl Service {
     /// when the transport knows it.
     pub fn context(&self, headers: &http::HeaderMap, peer: Option<std::net::IpAddr>) -> Context {
         Context {
-            client: self.limiter.client(headers, peer),
+            peer,
+            client_header: self.limiter.client_header(headers),
             ..Context::from_headers(headers)
         }
     }
@@ -255,7 +259,8 @@ impl Service {
 
     /// Counts the call against its client's limit for `action`, refusing it when over.
     async fn limited(&self, ctx: &Context, action: Action) -> Result<(), Error> {
-        let verdict = self.limiter.check(action, ctx.client.as_ref()).await;
+        let client = Limiter::client(ctx.client_header.as_ref(), ctx.peer);
+        let verdict = self.limiter.check(action, client.as_ref()).await;
         if verdict.is_err() {
             self.metrics.rate_limited.inc();
         }

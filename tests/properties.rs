@@ -266,20 +266,12 @@ async fn meta_after(ops: Vec<Op>, groups: Vec<usize>) {
         *ratings.entry(m.1).or_default() += 1;
         *recommended.entry(m.2).or_default() += 1;
     }
-    // PostgreSQL's numeric arithmetic is the oracle for the exact 16-digit averages.
     let average = async |values: Vec<i64>| -> Option<String> {
-        if values.is_empty() {
+        let n = values.len() as i64;
+        if n == 0 {
             return None;
         }
-        let (sum, n) = (values.iter().sum::<i64>(), values.len() as i64);
-        let row = sql
-            .query_one(
-                "SELECT round($1::int8::numeric / $2::int8, 16)::text",
-                &[&sum, &n],
-            )
-            .await
-            .unwrap();
-        Some(row.get(0))
+        Some(common::exact_average(&sql, values.iter().sum(), n).await)
     };
     let fit = average(listable.iter().map(|m| i64::from(m.3)).collect()).await;
     let size = average(listable.iter().map(|m| i64::from(m.4)).collect()).await;

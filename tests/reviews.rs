@@ -296,17 +296,6 @@ async fn meta_matches_the_csv_for_every_sample_product() {
 
     let mut s = TestServer::sample().await;
     let db = s.sql().await;
-    // PostgreSQL's numeric arithmetic is the oracle for the exact 16-digit averages.
-    let average = async |sum: i64, n: i64| -> String {
-        let row = db
-            .query_one(
-                "SELECT round($1::int8::numeric / $2::int8, 16)::text",
-                &[&sum, &n],
-            )
-            .await
-            .unwrap();
-        row.get(0)
-    };
     for product in 1..=41 {
         let mut ratings = HashMap::new();
         let mut recommended = HashMap::new();
@@ -317,7 +306,7 @@ async fn meta_matches_the_csv_for_every_sample_product() {
         let mut expected_chars: HashMap<String, (i32, Option<String>)> = HashMap::new();
         for (&id, c) in chars.iter().filter(|(_, c)| c.0 == product) {
             let avg = if c.3 > 0 {
-                Some(average(c.2, c.3).await)
+                Some(common::exact_average(&db, c.2, c.3).await)
             } else {
                 None
             };

@@ -512,14 +512,7 @@ async fn a_retry_with_the_same_idempotency_key_writes_nothing_and_gets_the_first
     let a = TestServer::sample().await;
     let b = TestServer::start(&a.db_url).await;
     let db = a.sql().await;
-    let rows = || async {
-        let n: i64 = db
-            .query_one("SELECT count(*) FROM reviews", &[])
-            .await
-            .unwrap()
-            .get(0);
-        n
-    };
+    let rows = || common::scalar(&db, "SELECT count(*) FROM reviews");
     let http = reqwest::Client::new();
     let body = serde_json::json!({
         "product_id": 1, "rating": 4, "summary": "Kept once", "recommend": true,

@@ -189,7 +189,7 @@ fn every_subcommand_parses_from_the_environment_only() {
     );
     assert_eq!(
         (c.keepalive_interval, c.keepalive_timeout),
-        (Some(Duration::from_secs(10)), Duration::from_secs(5))
+        (Duration::from_secs(10), Duration::from_secs(5))
     );
     assert_eq!((c.max_streams, c.max_connections), (100, 500));
     assert_eq!(c.drain_delay, Duration::ZERO);

@@ -252,15 +252,13 @@ impl Db {
         key: Option<&IdempotencyKey>,
         one_per_email: bool,
     ) -> Result<Committed<ReviewId>, Error> {
-        let created = self
+        let id = self
             .run(async {
                 let mut conn = self.primary.get().await?;
                 writes::create_review(&mut conn, review, key, one_per_email).await
             })
             .await?;
-        let id = match created {
-            writes::Created::New(id) | writes::Created::Replayed(id) => ReviewId::parse(id)?,
-        };
+        let id = ReviewId::parse(id)?;
         self.committed(id, review.product_id).await
     }
 

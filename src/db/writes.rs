@@ -48,16 +48,13 @@ async fn count_review(
     Ok(())
 }
 
-/// What a create did.
-pub enum Created {
-    /// It wrote the review with this id.
-    New(i32),
-    /// Its idempotency key had created this review already; it wrote nothing.
-    Replayed(i32),
+/// How long an idempotency key is remembered, as the SQL interval every query of the keys uses
+/// (a macro, so that `concat!` builds each query's constant text from it).
+macro_rules! key_retention {
+    () => {
+        "24 hours"
+    };
 }
-
-/// How long an idempotency key is remembered.
-const KEY_RETENTION: &str = "24 hours";
 
 /// The review an idempotency key created, if it is remembered; an error if it came with another
 /// request.
@@ -73,10 +70,12 @@ pub async fn replayed(
         review_id: Option<i32>,
     }
     let kept: Option<Kept> = cached(
-        diesel::sql_query(
+        diesel::sql_query(concat!(
             "SELECT request, review_id FROM idempotency_keys
-             WHERE key = $1 AND created_at >= now() - interval '24 hours'",
-        )
+                 WHERE key = $1 AND created_at >= now() - interval '",
+            key_retention!(),
+            "'"
+        ))
         .bind::<Bytea, _>(&key.key()[..]),
     )
     .get_result(conn)
@@ -86,7 +85,10 @@ pub async fn replayed(
         None => Ok(None),
         Some(kept) if kept.request != key.request()[..] => Err(Error::invalid(
             "Idempotency-Key",
-            format!("was sent with another review in the last {KEY_RETENTION}"),
+            concat!(
+                "was sent with another review in the last ",
+                key_retention!()
+            ),
         )),
         Some(kept) => Ok(kept.review_id),
     }
@@ -97,12 +99,14 @@ pub async fn replayed(
 /// same key still in flight holds the row: this waits for it to commit or roll back.
 async fn claim(conn: &mut AsyncPgConnection, key: &IdempotencyKey) -> Result<bool, Error> {
     let claimed = cached(
-        diesel::sql_query(
+        diesel::sql_query(concat!(
             "INSERT INTO idempotency_keys AS k (key, request) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE
-                 SET request = excluded.request, review_id = NULL, created_at = now()
-                 WHERE k.created_at < now() - interval '24 hours'",
-        )
+                 ON CONFLICT (key) DO UPDATE
+                     SET request = excluded.request, review_id = NULL, created_at = now()
+                     WHERE k.created_at < now() - interval '",
+            key_retention!(),
+            "'"
+        ))
         .bind::<Bytea, _>(&key.key()[..])
         .bind::<Bytea, _>(&key.request()[..]),
     )
@@ -120,12 +124,13 @@ async fn settle(conn: &mut AsyncPgConnection, key: &IdempotencyKey, id: i32) -> 
     )
     .execute(conn)
     .await?;
-    cached(diesel::sql_query(
+    cached(diesel::sql_query(concat!(
         "DELETE FROM idempotency_keys WHERE key IN (
              SELECT key FROM idempotency_keys
-             WHERE created_at < now() - interval '24 hours'
-             ORDER BY created_at LIMIT 16)",
-    ))
+             WHERE created_at < now() - interval '",
+        key_retention!(),
+        "' ORDER BY created_at LIMIT 16)"
+    )))
     .execute(conn)
     .await?;
     Ok(())
@@ -157,20 +162,20 @@ async fn has_review_by(
     Ok(found.taken)
 }
 
-/// Writes a review in one transaction: with `key`, only if no create with that key committed
-/// already (then it is replayed); with `one_per_email`, only if the product has no review by the
-/// same email (else `AlreadyExists`).
+/// Writes a review in one transaction and returns its id: with `key`, only if no create with that
+/// key committed already (then that create's review id, nothing written); with `one_per_email`,
+/// only if the product has no review by the same email (else `AlreadyExists`).
 pub async fn create_review(
     conn: &mut AsyncPgConnection,
     review: &NewReview,
     key: Option<&IdempotencyKey>,
     one_per_email: bool,
-) -> Result<Created, Error> {
+) -> Result<i32, Error> {
     conn.transaction(async |conn| {
         if let Some(key) = key {
             if !claim(conn, key).await? {
                 return match replayed(conn, key).await? {
-                    Some(id) => Ok(Created::Replayed(id)),
+                    Some(id) => Ok(id),
                     None => Err(Error::Internal("a claimed key names no review".into())),
                 };
             }
@@ -248,7 +253,7 @@ pub async fn create_review(
         if let Some(key) = key {
             settle(conn, key, id).await?;
         }
-        Ok(Created::New(id))
+        Ok(id)
     })
     .await
 }

@@ -1,7 +1,7 @@
 //! A request that is not valid protobuf, or not a well-formed gRPC or gRPC-Web message, is the
 //! caller's mistake: `INVALID_ARGUMENT` with a short message, not `INTERNAL` with the decoder's
 //! account of where it stopped (which names internals and can be long). The codec handles the
-//! protobuf; [`malformed_is_invalid_argument`] the framing, which tonic checks before any codec.
+//! protobuf; [`rewrite_malformed_status`] the framing, which tonic checks before any codec.
 
 use std::marker::PhantomData;
 
@@ -75,7 +75,7 @@ const TOO_LARGE: &str = "Error, decoded message length too large";
 /// `INTERNAL` one becomes `INVALID_ARGUMENT` with a short message (the caller's mistake, said
 /// without the decoder's internals), and an `OUT_OF_RANGE` one for a frame over the size limit
 /// becomes `RESOURCE_EXHAUSTED` (what gRPC specifies for a message over the receive limit).
-pub fn malformed_is_invalid_argument(headers: &mut http::HeaderMap) {
+pub fn rewrite_malformed_status(headers: &mut http::HeaderMap) {
     let code = match headers.get("grpc-status").map(|s| s.as_bytes()) {
         Some(b"13") => tonic::Code::Internal,
         Some(b"11") => tonic::Code::OutOfRange,

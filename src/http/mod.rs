@@ -239,7 +239,7 @@ pub fn router(
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(axum::middleware::map_response(
             |mut r: Response| async move {
-                crate::grpc::codec::malformed_is_invalid_argument(r.headers_mut());
+                crate::grpc::codec::rewrite_malformed_status(r.headers_mut());
                 r
             },
         ))

@@ -61,7 +61,7 @@ pub fn status_response(status: &Status) -> Response {
     if let Some(delay) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
         response
             .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(delay.as_secs().max(1)));
+            .insert(RETRY_AFTER, HeaderValue::from(delay.as_secs()));
     }
     response
 }

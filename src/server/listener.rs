@@ -28,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::{Buf, Bytes};
 use http::header::{HeaderValue, CONNECTION};
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -58,8 +58,8 @@ pub struct ConnectionOptions {
     pub body_timeout: Duration,
     /// A connection that carries no request for this long is closed (HTTP/2: GOAWAY).
     pub idle_timeout: Duration,
-    /// How often an open HTTP/2 connection is pinged; `None`: never.
-    pub keepalive_interval: Option<Duration>,
+    /// How often an open HTTP/2 connection is pinged.
+    pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
     /// Requests one HTTP/2 connection may carry at once.
@@ -89,7 +89,7 @@ impl Default for ConnectionOptions {
             header_timeout: d(DEFAULT_HEADER_TIMEOUT),
             body_timeout: d(DEFAULT_BODY_TIMEOUT),
             idle_timeout: d(DEFAULT_IDLE_TIMEOUT),
-            keepalive_interval: Some(d(DEFAULT_KEEPALIVE_INTERVAL)),
+            keepalive_interval: d(DEFAULT_KEEPALIVE_INTERVAL),
             keepalive_timeout: d(DEFAULT_KEEPALIVE_TIMEOUT),
             max_streams: DEFAULT_MAX_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
@@ -126,11 +126,13 @@ pub async fn serve(
         app,
         metrics,
         slots: Arc::new(Semaphore::new(options.max_connections)),
+        draining: AtomicBool::new(false),
         options,
     });
     let mut shutdown = std::pin::pin!(shutdown);
     accept_until(&listener, &server, &phase, shutdown.as_mut()).await;
 
+    server.draining.store(true, Ordering::Relaxed);
     phase.send_replace(Phase::Draining);
     on_drain.await;
     accept_until(
@@ -152,6 +154,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// One permit per connection that may be open.
     slots: Arc<Semaphore>,
+    /// Whether the drain has begun, for the HTTP/1.1 answers (the connections watch `Phase`).
+    draining: AtomicBool,
 }
 
 async fn accept_until(
@@ -225,13 +229,10 @@ async fn serve_connection(
         prefix,
         inner: stream,
     });
-    let state = Arc::new(ConnState::default());
-    let born = Instant::now();
+    let state = Arc::new(ConnState::new());
     let service = ConnService {
-        born,
         server: server.clone(),
         state: state.clone(),
-        phase: phase.clone(),
         peer,
         h2,
     };
@@ -239,14 +240,13 @@ async fn serve_connection(
         server,
         state: &state,
         phase,
-        born,
         h2,
     };
     if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .keep_alive_interval(opts.keepalive_interval)
+            .keep_alive_interval(Some(opts.keepalive_interval))
             .keep_alive_timeout(opts.keepalive_timeout)
             .max_concurrent_streams(opts.max_streams);
         let conn = std::pin::pin!(builder.serve_connection(io, service));
@@ -287,8 +287,6 @@ struct Life<'a> {
     server: &'a Shared,
     state: &'a ConnState,
     phase: watch::Receiver<Phase>,
-    /// When the connection opened.
-    born: Instant,
     h2: bool,
 }
 
@@ -305,10 +303,9 @@ impl Life<'_> {
             server,
             state,
             mut phase,
-            born,
             h2,
         } = self;
-        let opts = &server.options;
+        let (opts, born) = (&server.options, state.born);
         let far = born + Duration::from_secs(86_400 * 365);
         let age = tokio::time::sleep_until(opts.max_age.map_or(far, |a| born + a).into());
         let mut age = std::pin::pin!(age);
@@ -345,14 +342,14 @@ impl Life<'_> {
                 }
                 () = &mut age, if !closing => close(conn.as_mut(), cut.as_mut(), &mut closing),
                 () = &mut idle, if !closing => {
-                    let limit = if state.requests.load(Ordering::Relaxed) == 0 {
+                    let limit = if !state.served.load(Ordering::Relaxed) {
                         opts.header_timeout
                     } else {
                         opts.idle_timeout
                     };
-                    match state.idle_since(born) {
+                    match state.idle_since() {
                         Some(since) if since.elapsed() >= limit => {
-                            if state.requests.load(Ordering::Relaxed) == 0 {
+                            if !state.served.load(Ordering::Relaxed) {
                                 server.metrics.connections.timed_out.inc();
                             }
                             close(conn.as_mut(), cut.as_mut(), &mut closing);
@@ -378,10 +375,11 @@ impl Life<'_> {
 }
 
 /// What a connection is doing, for its idle timeout.
-#[derive(Default)]
 struct ConnState {
-    /// Requests started on it.
-    requests: AtomicU64,
+    /// When the connection opened.
+    born: Instant,
+    /// Whether a request has started on it.
+    served: AtomicBool,
     /// Requests being answered.
     active: AtomicUsize,
     /// When the last answer was done, in milliseconds since the connection opened.
@@ -389,24 +387,31 @@ struct ConnState {
 }
 
 impl ConnState {
+    fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            served: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            idle_from_ms: AtomicU64::new(0),
+        }
+    }
+
     /// Since when the connection has been idle; `None` while it is answering.
-    fn idle_since(&self, born: Instant) -> Option<Instant> {
+    fn idle_since(&self) -> Option<Instant> {
         (self.active.load(Ordering::Acquire) == 0)
-            .then(|| born + Duration::from_millis(self.idle_from_ms.load(Ordering::Acquire)))
+            .then(|| self.born + Duration::from_millis(self.idle_from_ms.load(Ordering::Acquire)))
     }
 }
 
 /// Counts a request as active until its answer is ready (or it is dropped).
-struct Active {
-    state: Arc<ConnState>,
-    born: Instant,
-}
+struct Active(Arc<ConnState>);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        let ms = self.born.elapsed().as_millis() as u64;
-        self.state.idle_from_ms.fetch_max(ms, Ordering::AcqRel);
-        self.state.active.fetch_sub(1, Ordering::AcqRel);
+        let state = &self.0;
+        let ms = state.born.elapsed().as_millis() as u64;
+        state.idle_from_ms.fetch_max(ms, Ordering::AcqRel);
+        state.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -415,11 +420,8 @@ impl Drop for Active {
 struct ConnService {
     server: Arc<Shared>,
     state: Arc<ConnState>,
-    phase: watch::Receiver<Phase>,
     peer: SocketAddr,
     h2: bool,
-    /// When the connection opened.
-    born: Instant,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -428,12 +430,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.state.requests.fetch_add(1, Ordering::Relaxed);
+        self.state.served.store(true, Ordering::Relaxed);
         self.state.active.fetch_add(1, Ordering::AcqRel);
-        let active = Active {
-            state: self.state.clone(),
-            born: self.born,
-        };
+        let active = Active(self.state.clone());
         let timeout = self.server.options.body_timeout;
         let mut request = request.map(|body| {
             if hyper::body::Body::is_end_stream(&body) {
@@ -448,12 +447,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }
         });
         request.extensions_mut().insert(Peer(self.peer));
-        let app = self.server.app.clone();
-        let (h1, phase) = (!self.h2, self.phase.clone());
+        let (server, h1) = (self.server.clone(), !self.h2);
         Box::pin(async move {
-            let Ok(mut response) = app.oneshot(request).await;
+            let Ok(mut response) = server.app.clone().oneshot(request).await;
             drop(active);
-            if h1 && *phase.borrow() != Phase::Serving && response.version() != Version::HTTP_2 {
+            if h1 && server.draining.load(Ordering::Relaxed) {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -310,6 +310,23 @@ pub async fn fingerprint(db: &tokio_postgres::Client) -> Vec<i64> {
     (0..7).map(|i| row.get::<_, i64>(i)).collect()
 }
 
+/// The one integer a query answers (a count, say).
+pub async fn scalar(db: &tokio_postgres::Client, query: &str) -> i64 {
+    db.query_one(query, &[]).await.unwrap().get(0)
+}
+
+/// `sum / n` rounded to 16 decimals as PostgreSQL's numeric computes it: the oracle for the
+/// exact averages of the meta.
+pub async fn exact_average(db: &tokio_postgres::Client, sum: i64, n: i64) -> String {
+    db.query_one(
+        "SELECT round($1::int8::numeric / $2::int8, 16)::text",
+        &[&sum, &n],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Polls `check` until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
