@@ -68,6 +68,9 @@ struct Tally {
     other: Vec<u32>,
     /// Requests that got no answer (the connection failed), with how long they took.
     failed: Vec<u32>,
+    /// The shed requests sent after the opening burst (the first second, when every connection
+    /// sends at the same instant): the steady state of the overload.
+    shed_steady: Vec<u32>,
 }
 
 impl Tally {
@@ -76,12 +79,19 @@ impl Tally {
         self.shed.extend(other.shed);
         self.other.extend(other.other);
         self.failed.extend(other.failed);
+        self.shed_steady.extend(other.shed_steady);
     }
 
-    fn record(&mut self, outcome: Option<u16>, us: u32) {
+    /// One answer, `us` after its start, which came `since_start` after the run's.
+    fn record(&mut self, outcome: Option<u16>, us: u32, since_start: Duration) {
         match outcome {
             Some(200..=299) => self.ok.push(us),
-            Some(503) => self.shed.push(us),
+            Some(503) => {
+                self.shed.push(us);
+                if since_start >= OPENING {
+                    self.shed_steady.push(us);
+                }
+            }
             Some(_) => self.other.push(us),
             None => self.failed.push(us),
         }
@@ -196,6 +206,9 @@ async fn connect_all(o: &Options) -> Vec<Conn> {
     conns
 }
 
+/// How long the opening burst is taken to last.
+const OPENING: Duration = Duration::from_secs(1);
+
 fn pct(l: &[u32], p: f64) -> f64 {
     if l.is_empty() {
         return 0.0;
@@ -227,7 +240,8 @@ async fn main() -> anyhow::Result<()> {
                     while Instant::now() < deadline {
                         let start = Instant::now();
                         let outcome = conn.get(ids.next()).await;
-                        mine.record(outcome, start.elapsed().as_micros() as u32);
+                        let us = start.elapsed().as_micros() as u32;
+                        mine.record(outcome, us, start - started);
                         if let (Some(503), Some(secs), false) =
                             (outcome, conn.retry_after, o.hammer)
                         {
@@ -253,7 +267,8 @@ async fn main() -> anyhow::Result<()> {
                             break;
                         };
                         let outcome = conn.get(product).await;
-                        mine.record(outcome, scheduled.elapsed().as_micros() as u32);
+                        let us = scheduled.elapsed().as_micros() as u32;
+                        mine.record(outcome, us, scheduled - started);
                     }
                     tally.lock().unwrap().merge(mine);
                 }));
@@ -276,7 +291,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut t = std::mem::take(&mut *tally.lock().unwrap());
-    for l in [&mut t.ok, &mut t.shed, &mut t.other, &mut t.failed] {
+    for l in [
+        &mut t.ok,
+        &mut t.shed,
+        &mut t.other,
+        &mut t.failed,
+        &mut t.shed_steady,
+    ] {
         l.sort_unstable();
     }
     let max = [&t.ok, &t.shed, &t.other, &t.failed]
@@ -294,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
          \"ok\":{},\"shed\":{},\"other\":{},\"failed\":{},\"ok_rps\":{:.0},\
          \"ok_p50_ms\":{:.3},\"ok_p99_ms\":{:.3},\"ok_max_ms\":{:.3},\
          \"shed_p50_ms\":{:.3},\"shed_p99_ms\":{:.3},\"shed_max_ms\":{:.3},\
+         \"shed_steady\":{},\"shed_steady_p99_ms\":{:.3},\"shed_steady_max_ms\":{:.3},\
          \"max_ms\":{:.3},\"over_1s\":{over_1s}}}",
         o.connections,
         o.hammer,
@@ -308,6 +330,9 @@ async fn main() -> anyhow::Result<()> {
         pct(&t.shed, 0.5),
         pct(&t.shed, 0.99),
         pct(&t.shed, 1.0),
+        t.shed_steady.len(),
+        pct(&t.shed_steady, 0.99),
+        pct(&t.shed_steady, 1.0),
         f64::from(max) / 1000.0,
     );
     Ok(())

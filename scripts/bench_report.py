@@ -176,11 +176,15 @@ def overload_table(runs, capacity):
            "a retry storm) at 2,000 and 6,000 connections, and an open loop at twice the "
            "closed-loop maximum above "
            f"({fmt(capacity)} req/s) over 2,000 connections. Admitted: 2xx; shed: 503 at once "
-           "(`REVIEWS_MAX_IN_FLIGHT`); failed: no answer. RSS of the service at rest (just before), "
-           "at its peak (sampled every 200 ms) and 30 s after the run.\n",
+           "(the adaptive in-flight limit, `REVIEWS_MAX_IN_FLIGHT`, `REVIEWS_QUEUE_DELAY_TARGET`); "
+           "failed: no answer. Shed after the opening burst: the refusals of requests sent after "
+           "the run's first second, in which every connection sends at the same instant. RSS of "
+           "the service at rest (just before), at its peak (sampled every 200 ms) and 30 s after "
+           "the run.\n",
            "| run | admitted req/s (goodput / max) | admitted p50 / p99 / max | shed | shed p99 / max "
+           "| shed after the opening burst: p99 / max "
            "| over 1 s | failed | RSS rest / peak / 30 s after (after / rest) | cache errors |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, label in (("overload-2000", "2,000 connections, 20 s"),
                         ("overload-6000", "6,000 connections, 15 s"),
                         ("overload-6000-hammer", "6,000 connections ignoring Retry-After, 15 s"),
@@ -195,7 +199,8 @@ def overload_table(runs, capacity):
         out.append(
             f"| {label} | {fmt(r['ok_rps'])}{good} | {fmt(r['ok_p50_ms'], ' ms')} / "
             f"{fmt(r['ok_p99_ms'], ' ms')} / {fmt(r['ok_max_ms'], ' ms')} | {r['shed']:,} | "
-            f"{fmt(r['shed_p99_ms'], ' ms')} / {fmt(r['shed_max_ms'], ' ms')} | {r['over_1s']} | "
+            f"{fmt(r['shed_p99_ms'], ' ms')} / {fmt(r['shed_max_ms'], ' ms')} | "
+            f"{fmt(r.get('shed_steady_p99_ms', 0), ' ms')} / {fmt(r.get('shed_steady_max_ms', 0), ' ms')} | {r['over_1s']} | "
             f"{r['failed']} | {mb(r['rss_rest_kb'])} / {mb(r['rss_peak_kb'])} / {mb(r['rss_after_kb'])} "
             f"({r['rss_after_kb'] / r['rss_rest_kb']:.2f}×) | {r['cache_errors']} |")
     out.append("")
@@ -234,5 +239,11 @@ def svg(points):
     return "\n".join(out)
 
 
+def overload():
+    """The overload table alone, of a `BENCH_ONLY=overload` run's results."""
+    runs = load(sys.argv[2])
+    print("\n".join(overload_table(runs, med(runs, "cache-list-random"))))
+
+
 if __name__ == "__main__":
-    {"oha": oha, "median": median, "report": report}[sys.argv[1]]()
+    {"oha": oha, "median": median, "report": report, "overload": overload}[sys.argv[1]]()

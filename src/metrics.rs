@@ -30,6 +30,10 @@ impl Gauge {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -79,6 +83,8 @@ pub struct Metrics {
     pub requests: Counter,
     /// Requests answered at once as overloaded, beyond the in-flight limit.
     pub shed: Counter,
+    /// The in-flight limit in force (it adapts to the runtime's queue delay).
+    pub in_flight_limit: Gauge,
     /// Reads answered by a read replica.
     pub replica_reads: Counter,
     /// Writes refused by a per-client rate limit.
@@ -200,12 +206,23 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP reviews_connections_open Client connections open.\n\
-             # TYPE reviews_connections_open gauge\nreviews_connections_open {}",
-            self.connections.open.get()
-        );
+        for (name, help, value) in [
+            (
+                "reviews_connections_open",
+                "Client connections open.",
+                self.connections.open.get(),
+            ),
+            (
+                "reviews_in_flight_limit",
+                "Requests served at once before more are refused (adapts to the queue delay).",
+                self.in_flight_limit.get(),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
         for (name, help, value) in [
             (
                 "reviews_cache_breaker_open",

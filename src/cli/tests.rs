@@ -31,6 +31,7 @@ const SETTINGS: &[&str] = &[
     "REVIEWS_MAX_CONNECTION_AGE",
     "REVIEWS_MAX_BODY_BYTES",
     "REVIEWS_MAX_IN_FLIGHT",
+    "REVIEWS_QUEUE_DELAY_TARGET",
     "REVIEWS_VOTER_KEY",
     "REVIEWS_REJECTS",
     "REVIEWS_DEV_DATA",
@@ -167,6 +168,7 @@ fn every_subcommand_parses_from_the_environment_only() {
         ("REVIEWS_MAX_CONCURRENT_STREAMS", "100"),
         ("REVIEWS_MAX_CONNECTIONS", "500"),
         ("REVIEWS_DRAIN_DELAY", "0s"),
+        ("REVIEWS_QUEUE_DELAY_TARGET", "3ms"),
         ("REVIEWS_RATE_LIMIT", "off"),
         ("REVIEWS_CREATE_LIMIT", "5/1m:2"),
         ("REVIEWS_HELPFUL_LIMIT", "100/1h:50"),
@@ -193,6 +195,10 @@ fn every_subcommand_parses_from_the_environment_only() {
     );
     assert_eq!((c.max_streams, c.max_connections), (100, 500));
     assert_eq!(c.drain_delay, Duration::ZERO);
+    assert_eq!(
+        serve.server.options().http.queue_delay_target,
+        Some(Duration::from_millis(3))
+    );
     let l = serve.server.options().limits;
     assert!(!l.enabled);
     assert_eq!(

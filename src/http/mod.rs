@@ -1,6 +1,7 @@
 //! The HTTP face of the service on the gRPC port: the JSON edge generated from the proto's
 //! `google.api.http` routes, gRPC-Web for browsers, CORS, probes and the OpenAPI document.
 
+mod admission;
 mod codec;
 pub mod edge;
 mod handlers;
@@ -15,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::header::{self, HeaderName, CONTENT_TYPE};
 use http::{HeaderValue, Method, StatusCode};
-use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use handlers::{Json, JsonHandlers};
@@ -42,6 +42,10 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Requests served at once; `None` for no limit (the server sets one from its pool).
     pub max_in_flight: Option<usize>,
+    /// The least the limit adapts down to (the server sets its pool size).
+    pub min_in_flight: usize,
+    /// The runtime queue delay the limit adapts to; `None`: the limit stays at `max_in_flight`.
+    pub queue_delay_target: Option<Duration>,
 }
 
 impl Default for HttpConfig {
@@ -50,27 +54,8 @@ impl Default for HttpConfig {
             cors_origins: vec!["*".into()],
             max_body: DEFAULT_MAX_BODY,
             max_in_flight: None,
-        }
-    }
-}
-
-/// The in-flight limit in front of the gRPC, gRPC-Web and JSON routes.
-#[derive(Clone)]
-struct Admission {
-    permits: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
-}
-
-/// Serves the request if a permit is free, and refuses it at once otherwise. Hand-written rather
-/// than tower's `load_shed` over a concurrency limit because the refusal depends on the request:
-/// a gRPC or gRPC-Web caller needs a gRPC status, a JSON caller a 503, and tower's error handler
-/// sees only the error.
-async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
-    match admission.permits.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            admission.metrics.shed.inc();
-            overloaded(&request)
+            min_in_flight: 1,
+            queue_delay_target: None,
         }
     }
 }
@@ -256,11 +241,13 @@ pub fn router(
         .with_state(Arc::new(edge));
     if let Some(limit) = cfg.max_in_flight {
         // One limit for both: the gRPC and the JSON routes share the database.
-        let admission = Admission {
-            permits: Arc::new(Semaphore::new(limit)),
-            metrics: shed_metrics,
-        };
-        let layer = axum::middleware::from_fn_with_state(admission, admit);
+        let admission = admission::Admission::new(
+            limit,
+            cfg.min_in_flight,
+            cfg.queue_delay_target,
+            shed_metrics,
+        );
+        let layer = axum::middleware::from_fn_with_state(admission, admission::admit);
         grpc_web = grpc_web.layer(layer.clone());
         json = json.layer(layer);
     }
