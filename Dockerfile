@@ -14,6 +14,9 @@ FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --no-default-features --recipe-path recipe.json
 COPY . .
+# The commit `reviews_build_info` reports (the context has no .git):
+# `docker build --build-arg REVIEWS_GIT_SHA=$(git rev-parse --short=12 HEAD) .`
+ARG REVIEWS_GIT_SHA=unknown
 # Without the default `dev` feature: the image has no `reviews dev` and no throwaway-server code.
 RUN cargo build --release --locked --no-default-features --bin reviews
 

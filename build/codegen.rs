@@ -167,8 +167,10 @@ fn route_table(out: &mut Out, routes: &[Route]) -> Result<()> {
         };
         writeln!(
             out.code,
-            "    Route {{ method: Method::{}, segments: &[{}], body: {body}, call: Call::{} }},",
+            "    Route {{ method: Method::{}, template: {:?}, segments: &[{}], body: {body}, \
+             call: Call::{} }},",
             route.method,
+            route.template,
             segments.join(", "),
             route.rpc.name()
         )

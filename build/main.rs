@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/reviews/v1/reviews.proto";
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=build");
+    git_sha();
 
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_imports(true).include_source_info(true);
@@ -38,4 +39,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
+}
+
+/// `REVIEWS_GIT_SHA` for `reviews_build_info`: as given (an image build has no `.git`), else
+/// the checkout's commit, else `unknown`.
+fn git_sha() {
+    println!("cargo:rerun-if-env-changed=REVIEWS_GIT_SHA");
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
+    let sha = env::var("REVIEWS_GIT_SHA")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            let out = std::process::Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()?;
+            let sha = String::from_utf8(out.stdout).ok()?;
+            (out.status.success() && !sha.trim().is_empty()).then(|| sha.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=REVIEWS_GIT_SHA={sha}");
 }

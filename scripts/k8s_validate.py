@@ -12,6 +12,8 @@ import yaml
 
 ALLOWED_CRDS = {
     ("postgresql.cnpg.io/v1", "Cluster"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
 

@@ -105,7 +105,7 @@ pub const DEFAULT_REPORT: &str = "20/1h:10";
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitArgs {
     /// `on` or `off`: per-client rate limits on creates, helpful votes and reports.
-    #[arg(long = "rate-limit", env = "REVIEWS_RATE_LIMIT", default_value = "on", value_parser = parse_switch)]
+    #[arg(long = "rate-limit", env = "REVIEWS_RATE_LIMIT", default_value = "on", action = clap::ArgAction::Set, value_parser = parse_switch)]
     pub rate_limit: bool,
     /// CreateReview per client: COUNT/PERIOD:BURST.
     #[arg(long = "create-limit", env = "REVIEWS_CREATE_LIMIT", default_value = DEFAULT_CREATE, value_parser = parse_rate)]

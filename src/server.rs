@@ -118,7 +118,7 @@ pub struct ServerArgs {
     pub limits: LimitArgs,
     /// `on`: a second review of a product by the same email (in any case) is refused with 409
     /// (ALREADY_EXISTS); `off`: accepted, as the legacy API did.
-    #[arg(long = "one-review-per-email", env = "REVIEWS_ONE_REVIEW_PER_EMAIL", default_value = "on", value_parser = parse_switch)]
+    #[arg(long = "one-review-per-email", env = "REVIEWS_ONE_REVIEW_PER_EMAIL", default_value = "on", action = clap::ArgAction::Set, value_parser = parse_switch)]
     pub one_review_per_email: bool,
 }
 
@@ -299,6 +299,9 @@ impl Application {
     pub async fn app(&self) -> anyhow::Result<(axum::Router, Readiness)> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = Readiness::new(reporter).await;
+        let (ready, seen) = (self.metrics.ready.clone(), readiness.clone());
+        self.metrics
+            .sample(move || ready.set(i64::from(seen.is_ready())));
         let grpc = Routes::new(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
@@ -309,6 +312,7 @@ impl Application {
             .into_axum_router();
         let app = http::router(
             grpc,
+            &SERVICES,
             self.service.clone(),
             readiness.clone(),
             self.metrics.clone(),
@@ -363,6 +367,14 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
+
+/// The descriptor sets of every service `app` serves, for the metrics of their methods.
+const SERVICES: [&[u8]; 4] = [
+    FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
 
 /// Reflection knows the review service and health; v1alpha is served too, for older clients.
 fn reflection() -> tonic_reflection::server::Builder<'static> {

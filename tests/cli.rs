@@ -238,21 +238,11 @@ async fn stop(mut server: Proc) {
 async fn serve_configured_by_flags_answers_json_grpc_and_health() {
     let db = fresh_db(SAMPLE_TEMPLATE).await;
     let prefix = format!("cli-flags-{}", std::process::id());
-    let mut server = Proc::spawn(&mut reviews(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
+    let mut server = Proc::spawn(&mut sandbox::serve(
         &db,
-        "--redis-url",
-        &cluster().redis_url,
-        "--cache-prefix",
         &prefix,
-        "--db-pool-size",
-        "4",
-        "--redis-connections",
-        "4",
-    ]));
+        &["--redis-connections", "4"],
+    ));
     let line = server
         .stderr_line("serving gRPC", Duration::from_secs(30))
         .await;

@@ -85,10 +85,7 @@ impl Breaker {
                 skipped,
                 "redis answers again: cache resumed"
             );
-            self.metrics
-                .cache
-                .breaker_open
-                .store(false, Ordering::Relaxed);
+            self.metrics.cache.breaker_open.set(0);
         }
     }
 
@@ -113,10 +110,7 @@ impl Breaker {
             self.opened_at.store(now, Ordering::Relaxed);
             self.skipped.store(0, Ordering::Relaxed);
             self.metrics.cache.breaker_trips.inc();
-            self.metrics
-                .cache
-                .breaker_open
-                .store(true, Ordering::Relaxed);
+            self.metrics.cache.breaker_open.set(1);
             tracing::warn!(failures, cooldown = ?self.cooldown, "redis failing: cache bypassed");
         }
     }
@@ -167,7 +161,7 @@ mod tests {
 
         b.succeeded();
         assert!(b.allows() && b.allows(), "closed");
-        assert!(!metrics.cache.breaker_open.load(Ordering::Relaxed));
+        assert_eq!(metrics.cache.breaker_open.get(), 0);
         assert_eq!(
             b.skipped.load(Ordering::Relaxed),
             0,

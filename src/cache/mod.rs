@@ -229,7 +229,8 @@ impl Cache {
         let connections = (0..cfg.connections)
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager.clone()))
             .collect::<Result<_, _>>()?;
-        metrics.cache.enabled.store(true, Ordering::Relaxed);
+        metrics.cache.enabled.set(1);
+        metrics.cache.connections.set(cfg.connections as i64);
         let cache = Self {
             inner: Arc::new(Inner {
                 connections,
@@ -397,7 +398,10 @@ impl Inner {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> redis::RedisResult<T> {
-        let result = match tokio::time::timeout(self.cfg.timeout, call).await {
+        let in_flight = InFlight::new(&self.metrics.cache.calls_in_flight);
+        let result = tokio::time::timeout(self.cfg.timeout, call).await;
+        drop(in_flight);
+        let result = match result {
             Ok(result) => result,
             Err(_) => Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
@@ -544,5 +548,21 @@ impl CacheConfig {
 
     fn limit_key(&self, name: &str) -> String {
         format!("{}:rl:{name}", self.prefix)
+    }
+}
+
+/// Counts a Redis call in flight until it is answered or abandoned.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

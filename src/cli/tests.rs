@@ -100,6 +100,23 @@ fn every_subcommand_parses_from_flags_only() {
     assert_eq!(serve.server.cors_origins.len(), 2);
     let cache = serve.cache.config().unwrap();
     assert_eq!((cache.connections, cache.prefix.as_str()), (5, "t"));
+    // The on/off switches, as the README writes them (a separate value) and with `=`.
+    for switches in [
+        &["--rate-limit", "off", "--one-review-per-email", "off"][..],
+        &["--rate-limit=off", "--one-review-per-email=off"],
+    ] {
+        let args: Vec<&str> = ["serve", "--database-url=postgres://u@db/r"]
+            .into_iter()
+            .chain(switches.iter().copied())
+            .collect();
+        let options = serve_config(parse_with(&[], &args).unwrap())
+            .server
+            .options();
+        assert!(
+            !options.limits.enabled && !options.one_review_per_email,
+            "{switches:?}"
+        );
+    }
 
     for args in [
         &["migrate", "--database-url", "postgres://u@db/reviews"][..],

@@ -142,9 +142,11 @@ impl Db {
                 read_url: None,
                 ..cfg.clone()
             });
+            metrics.sample_pool("replica", replica.clone(), cfg.pool_size);
             Arc::new(Lanes::new(replica, cfg.lanes()))
         });
         let primary = pool(cfg);
+        metrics.sample_pool("primary", primary.clone(), cfg.pool_size);
         Self {
             reads: Arc::new(Lanes::new(primary.clone(), cfg.lanes())),
             primary,

@@ -66,7 +66,7 @@ impl Admission {
             floor: floor.clamp(1, ceiling),
             ceiling,
         });
-        metrics.in_flight_limit.set(ceiling as u64);
+        metrics.in_flight_limit.set(ceiling as i64);
         if let Some(target) = target.filter(|t| !t.is_zero()) {
             tokio::spawn(adapt(Arc::downgrade(&limit), target, metrics.clone()));
         }
@@ -102,7 +102,7 @@ async fn adapt(limit: Weak<Limit>, target: Duration, metrics: Arc<Metrics>) {
         let Some(limit) = limit.upgrade() else { return };
         metrics
             .in_flight_limit
-            .set(limit.adjust(delay, target) as u64);
+            .set(limit.adjust(delay, target) as i64);
     }
 }
 

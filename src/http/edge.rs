@@ -15,6 +15,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use super::codec::{self, FromHttp, Seen, WriteJson};
+use super::observe::RouteTemplate;
 use super::response::{error_response, json_error};
 use crate::error::{Error, FieldViolation};
 use crate::service::Context;
@@ -49,6 +50,8 @@ pub enum BodyRule {
 #[derive(Debug)]
 pub struct Route {
     pub method: Method,
+    /// The path template, as the proto declares it: the `http_route` of its metrics.
+    pub template: &'static str,
     pub segments: &'static [Segment],
     pub body: BodyRule,
     pub call: Call,
@@ -121,7 +124,11 @@ pub async fn handle<A: JsonApi>(
         request,
         max_body: edge.max_body,
     };
-    dispatch(&edge.api, route.call, ctx, input).await
+    let mut response = dispatch(&edge.api, route.call, ctx, input).await;
+    response
+        .extensions_mut()
+        .insert(RouteTemplate(route.template));
+    response
 }
 
 fn method_not_allowed(

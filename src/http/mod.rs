@@ -5,6 +5,7 @@ mod admission;
 mod codec;
 pub mod edge;
 mod handlers;
+mod observe;
 mod response;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use http::{HeaderValue, Method, StatusCode};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use handlers::{Json, JsonHandlers};
+pub use observe::RouteTemplate;
 pub use response::INVALID_PRODUCT_ID;
 
 use self::edge::Edge;
@@ -199,19 +201,17 @@ struct Probes {
 
 /// One router for everything: the gRPC services (plain and gRPC-Web), the fixed HTTP routes, and
 /// the JSON edge, which calls `service` directly, as the fallback. Only the gRPC router is
-/// wrapped in the gRPC-Web layer, which would answer 400 to plain HTTP requests.
+/// wrapped in the gRPC-Web layer, which would answer 400 to plain HTTP requests. `services`
+/// are the encoded descriptor sets of the services on `grpc`, whose methods the metrics know.
 pub fn router(
     grpc: axum::Router,
+    services: &[&[u8]],
     service: Service,
     readiness: Readiness,
     metrics: Arc<Metrics>,
     cfg: &HttpConfig,
 ) -> axum::Router {
-    let counted = metrics.clone();
-    let count_requests = tower::util::MapRequestLayer::new(move |request: http::Request<_>| {
-        counted.requests.inc();
-        request
-    });
+    let observe = observe::Observe::new(metrics.clone(), services);
     let shed_metrics = metrics.clone();
     let probes = Probes { readiness, metrics };
     let fixed = axum::Router::new()
@@ -256,7 +256,10 @@ pub fn router(
         .merge(grpc_web)
         .fallback_service(json)
         .layer(cors(cfg))
-        .layer(count_requests)
+        .layer(axum::middleware::from_fn_with_state(
+            observe,
+            observe::observe,
+        ))
 }
 
 fn cors(cfg: &HttpConfig) -> CorsLayer {

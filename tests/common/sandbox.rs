@@ -46,6 +46,38 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `reviews serve` on a free loopback port, on database `db`, caching in the harness' Redis
+/// under `prefix`, with pools of 4, and `extra` flags.
+pub fn serve(db: &str, prefix: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--database-url", db])
+        .args([
+            "--redis-url",
+            &super::cluster().redis_url,
+            "--cache-prefix",
+            prefix,
+        ])
+        .args(["--db-pool-size", "4"])
+        .args(extra);
+    cmd
+}
+
+/// The objects of a kustomize overlay (`k8s/overlays/<overlay>`), as `kubectl kustomize`
+/// renders them.
+pub fn render(overlay: &str) -> Vec<serde_json::Value> {
+    let text = run_ok(
+        Command::new("kubectl")
+            .args(["kustomize", &format!("k8s/overlays/{overlay}")])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+    );
+    // kustomize separates the documents with `---` lines.
+    format!("\n{text}")
+        .split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str::<serde_json::Value>(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
 fn ip(args: &[&str]) {
     run_ok(Command::new("ip").args(args));
 }

@@ -4,30 +4,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 
 use reviews::local::{LocalPostgres, LocalRedis};
 use serde_json::{json, Value};
 
-use crate::common::sandbox::run_ok;
+pub use crate::common::sandbox::render;
 use crate::common::sandbox::Netns;
 use crate::common::scratch_dir;
 use crate::image::{set, Image};
-use crate::repo;
-
-pub fn render(overlay: &str) -> Vec<Value> {
-    let text = run_ok(
-        Command::new("kubectl")
-            .args(["kustomize", &format!("k8s/overlays/{overlay}")])
-            .current_dir(repo()),
-    );
-    // kustomize separates the documents with `---` lines.
-    format!("\n{text}")
-        .split("\n---\n")
-        .map(|doc| serde_yaml_ng::from_str::<Value>(doc).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
 
 pub fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
     objects
