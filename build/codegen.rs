@@ -139,7 +139,14 @@ fn calls(out: &mut Out, rpcs: &[MethodDescriptor]) -> Result<()> {
     for rpc in rpcs {
         writeln!(out.code, "    {},", rpc.name()).unwrap();
     }
-    out.code.push_str("}\n\n");
+    out.code.push_str(
+        "}\n\nimpl Call {\n    /// The RPC's name, as the proto spells it.\n    \
+         pub fn name(self) -> &'static str {\n        match self {\n",
+    );
+    for rpc in rpcs {
+        writeln!(out.code, "            Call::{0} => {0:?},", rpc.name()).unwrap();
+    }
+    out.code.push_str("        }\n    }\n}\n\n");
     Ok(())
 }
 

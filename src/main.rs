@@ -6,12 +6,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     keep_huge_pages_off_the_heap();
     let cli = reviews::cli::Cli::parse_or_exit();
-    reviews::telemetry::init();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(release_freed_memory)
-        .build()?
-        .block_on(reviews::cli::run(cli))
+        .build()?;
+    // Inside the runtime: the trace exporter's connection and batches run on it.
+    let telemetry = runtime.block_on(async { reviews::telemetry::init() });
+    let result = runtime.block_on(reviews::cli::run(cli));
+    // The runtime's workers still run: they export the last batch.
+    telemetry.shutdown();
+    result
 }
 
 /// mimalloc asks for transparent huge pages on its arenas (`madvise(MADV_HUGEPAGE)`), and where

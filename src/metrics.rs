@@ -69,7 +69,7 @@ pub struct CacheMetrics {
     pub calls_in_flight: IntGauge,
 }
 
-/// The families of the gRPC and HTTP RED metrics; `crate::http::observe` holds the handles.
+/// The gRPC and HTTP RED metric families; the HTTP layer's observe module holds the handles.
 pub struct RpcFamilies {
     pub grpc_started: IntCounterVec,
     pub grpc_handled: IntCounterVec,

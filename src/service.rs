@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tracing::field::Empty;
 use tracing::Instrument;
 
 #[cfg(feature = "test-hooks")]
@@ -25,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::reviews::{
     IdempotencyKey, ListQuery, Meta, NewReview, ProductId, Review, ReviewId, Voter,
 };
+use crate::telemetry::{about_product, about_review};
 
 /// How a face sends a read's answer. The cache keeps answers in this form, so a hit is the
 /// face's own bytes, with nothing decoded or re-encoded.
@@ -36,12 +38,11 @@ pub trait Encoding {
     fn meta(product: ProductId, meta: Meta) -> Bytes;
 }
 
-/// What a call carries besides its message: the caller's request id and trace context, from
-/// HTTP headers or gRPC metadata alike.
+/// What a call carries besides its message: the caller's request id, from HTTP headers or gRPC
+/// metadata alike (its trace context is the request's span's, made by the HTTP layer).
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     pub request_id: Option<String>,
-    pub traceparent: Option<String>,
     /// Who votes, when the storefront names them (`Reviews-Voter`, or `reviews-voter` in gRPC
     /// metadata), as sent: validated and hashed by the operations that count votes.
     pub voter: Option<http::HeaderValue>,
@@ -64,7 +65,6 @@ impl Context {
         };
         Self {
             request_id: text("x-request-id"),
-            traceparent: text("traceparent"),
             voter: headers.get("reviews-voter").cloned(),
             peer: None,
             client_header: None,
@@ -74,22 +74,12 @@ impl Context {
 
     /// The span of a write: its log lines name the operation and the caller's ids.
     fn span(&self, operation: &'static str) -> tracing::Span {
-        tracing::info_span!(
-            "call",
-            operation,
-            request_id = self.request_id.as_deref(),
-            traceparent = self.traceparent.as_deref()
-        )
+        tracing::info_span!("call", operation, request_id = self.request_id.as_deref())
     }
 
     /// The span of a read, at debug level: reads are the hot path.
     fn read_span(&self, operation: &'static str) -> tracing::Span {
-        tracing::debug_span!(
-            "call",
-            operation,
-            request_id = self.request_id.as_deref(),
-            traceparent = self.traceparent.as_deref()
-        )
+        tracing::debug_span!("call", operation, request_id = self.request_id.as_deref())
     }
 }
 
@@ -158,6 +148,7 @@ impl Service {
         ctx: &Context,
         query: ListQuery,
     ) -> Result<Bytes, Error> {
+        about_product(query.product.get());
         let load = |needed| async move {
             let reviews = self
                 .db
@@ -176,6 +167,7 @@ impl Service {
         ctx: &Context,
         product: ProductId,
     ) -> Result<Bytes, Error> {
+        about_product(product.get());
         let load = |needed| async move {
             let meta = self.db.review_meta(needed, product).await?;
             Ok(E::meta(product, meta))
@@ -187,6 +179,7 @@ impl Service {
 
     /// Posts a review with its photos and characteristic ratings, all or nothing.
     pub async fn create_review(&self, ctx: &Context, review: NewReview) -> Result<ReviewId, Error> {
+        about_product(review.product_id.get());
         let key = ctx
             .idempotency_key
             .as_ref()
@@ -212,6 +205,7 @@ impl Service {
         })
         .instrument(ctx.span("CreateReview"))
         .await?;
+        about_review(id.get());
         tracing::info!(
             review_id = id.get(),
             product_id = product.get(),
@@ -223,6 +217,7 @@ impl Service {
 
     /// Adds one to a review's helpfulness; a named voter's second vote changes nothing.
     pub async fn mark_review_helpful(&self, ctx: &Context, id: ReviewId) -> Result<(), Error> {
+        about_review(id.get());
         let voter = self.voter(ctx)?;
         self.limited(ctx, Action::Helpful).await?;
         let this = self.clone();
@@ -238,6 +233,7 @@ impl Service {
 
     /// Hides a review from lists and meta counts; reporting twice changes nothing more.
     pub async fn report_review(&self, ctx: &Context, id: ReviewId) -> Result<(), Error> {
+        about_review(id.get());
         let voter = self.voter(ctx)?;
         self.limited(ctx, Action::Report).await?;
         let this = self.clone();
@@ -288,10 +284,29 @@ impl Service {
             self.hooks.during_load().await;
             return load(None).await;
         };
-        let miss = match cache.lookup(&entry, format, self.db.has_replicas()).await {
-            Lookup::Hit(answer) => return Ok(answer),
-            Lookup::Skip => return load(None).await,
-            Lookup::Miss(miss) => miss,
+        let span = tracing::debug_span!(
+            "cache.lookup",
+            otel.kind = "client",
+            db.system.name = "redis",
+            cache.result = Empty
+        );
+        let lookup = cache
+            .lookup(&entry, format, self.db.has_replicas())
+            .instrument(span.clone())
+            .await;
+        let miss = match lookup {
+            Lookup::Hit(answer) => {
+                span.record("cache.result", "hit");
+                return Ok(answer);
+            }
+            Lookup::Skip => {
+                span.record("cache.result", "skip");
+                return load(None).await;
+            }
+            Lookup::Miss(miss) => {
+                span.record("cache.result", "miss");
+                miss
+            }
         };
         let loading = async {
             self.metrics.cache.loads.inc();
@@ -308,12 +323,16 @@ impl Service {
             let (cache, bytes) = (cache.clone(), bytes.clone());
             #[cfg(feature = "test-hooks")]
             let hooks = self.hooks.clone();
-            tokio::spawn(async move {
+            let fill = async move {
                 #[cfg(feature = "test-hooks")]
                 hooks.before_fill().await;
                 cache.fill(&miss, &bytes).await;
                 drop(flight); // later misses load again only once the fill has landed
-            });
+            };
+            // In the request's trace, though it may end after the request.
+            let span =
+                tracing::debug_span!("cache.fill", otel.kind = "client", db.system.name = "redis");
+            tokio::spawn(fill.instrument(span));
         }
         answer
     }
@@ -322,7 +341,15 @@ impl Service {
     /// position for replica reads.
     async fn invalidate<T>(&self, committed: Committed<T>) -> T {
         if let Some(cache) = &self.cache {
-            cache.invalidate(committed.product, committed.lsn).await;
+            let span = tracing::debug_span!(
+                "cache.invalidate",
+                otel.kind = "client",
+                db.system.name = "redis"
+            );
+            cache
+                .invalidate(committed.product, committed.lsn)
+                .instrument(span)
+                .await;
         }
         committed.value
     }

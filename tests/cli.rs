@@ -222,18 +222,6 @@ async fn gen_data_writes_a_set_that_load_loads_with_progress_and_a_summary() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Ends a `serve` process with SIGTERM and checks it said so and exited cleanly.
-async fn stop(mut server: Proc) {
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server.finish(Duration::from_secs(15)).await,
-        0,
-        "{}",
-        server.transcript()
-    );
-    assert!(server.stderr().iter().any(|l| l.contains("server stopped")));
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_configured_by_flags_answers_json_grpc_and_health() {
     let db = fresh_db(SAMPLE_TEMPLATE).await;
@@ -251,7 +239,7 @@ async fn serve_configured_by_flags_answers_json_grpc_and_health() {
         .iter()
         .any(|l| l.contains("caching reads in Redis")));
     answers_json_grpc_and_health(served_addr(&line)).await;
-    stop(server).await;
+    sandbox::stop(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,7 +289,7 @@ async fn serve_configured_by_the_environment_only_answers_json_grpc_and_health()
             "the caller's x-request-id {id} reaches the core's log line: {logged:#?}"
         );
     }
-    stop(server).await;
+    sandbox::stop(server).await;
 }
 
 /// Creates a review through each face, each call carrying its own `x-request-id`.
@@ -312,14 +300,7 @@ async fn create_with_request_ids(addr: std::net::SocketAddr) {
         "name": "cli", "email": "cli@example.com",
         "characteristics": {"1": 3, "2": 3, "3": 3, "4": 3}
     });
-    let created = reqwest::Client::new()
-        .post(format!("http://{addr}/reviews"))
-        .header("x-request-id", "cli-json-1")
-        .header("content-type", "application/json")
-        .body(review.to_string())
-        .send()
-        .await
-        .unwrap();
+    let created = sandbox::post_review(addr, &[("x-request-id", "cli-json-1")], &review).await;
     assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
     let mut request = tonic::Request::new(reviews::pb::CreateReviewRequest {
         product_id: 1,

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sandbox::{self, run_ok, served_addr, wait_until, Proc};
+use common::sandbox::{self, run_ok, wait_until, Proc};
 use common::{fresh_db, scratch_dir, SAMPLE_TEMPLATE};
 use reviews::pb;
 use reviews::pb::review_service_client::ReviewServiceClient;
@@ -108,14 +108,11 @@ async fn drive(addr: std::net::SocketAddr) {
             .unwrap();
         assert_eq!(response.status().as_u16(), status, "{method} {path}");
     }
-    // gRPC-Web: a list of product 1, framed by hand (flag 0, length, message).
-    let message = prost::Message::encode_to_vec(&pb::ListReviewsRequest {
+    // gRPC-Web: a list of product 1, framed by hand.
+    let frame = sandbox::grpc_web_frame(&pb::ListReviewsRequest {
         product_id: 1,
         ..Default::default()
     });
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
     let response = http
         .post(format!("{base}/reviews.v1.ReviewService/ListReviews"))
         .header("content-type", "application/grpc-web+proto")
@@ -259,11 +256,8 @@ async fn prometheus_scrapes_exact_red_metrics_of_known_traffic_and_promtool_find
     let db = fresh_db(SAMPLE_TEMPLATE).await;
     let prefix = format!("observe-{}", std::process::id());
     // The flag as the README writes it (`--rate-limit off`, a separate value).
-    let mut server = Proc::spawn(&mut sandbox::serve(&db, &prefix, &["--rate-limit", "off"]));
-    let line = server
-        .stderr_line("serving gRPC", Duration::from_secs(30))
-        .await;
-    let addr = served_addr(&line);
+    let (server, addr) =
+        sandbox::started(&mut sandbox::serve(&db, &prefix, &["--rate-limit", "off"])).await;
     drive(addr).await;
 
     let exposition = reqwest::get(format!("http://{addr}/metrics"))
@@ -479,11 +473,5 @@ async fn prometheus_scrapes_exact_red_metrics_of_known_traffic_and_promtool_find
     check_monitoring(p, &dir).await;
     prometheus.signal(libc::SIGTERM);
     prometheus.finish(Duration::from_secs(15)).await;
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server.finish(Duration::from_secs(15)).await,
-        0,
-        "{}",
-        server.transcript()
-    );
+    sandbox::stop(server).await;
 }

@@ -544,13 +544,15 @@ async fn concurrent_reads_share_the_read_lanes_connections() {
         concurrent_meta(&s, 60).await;
         used.push(backends(&sql).await);
     }
+    // The two lanes' connections and the idle one bb8 keeps; at times two idle ones, when its
+    // refill of the idle one races the lanes' first checkouts.
     assert!(
-        used[0] <= 3,
+        used[0] <= 4,
         "2 lanes, 60 concurrent reads: {} connections",
         used[0]
     );
     assert!(
-        used[1] > 3,
+        used[1] > 5,
         "no lanes, 60 concurrent reads: {} connections",
         used[1]
     );

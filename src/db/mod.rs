@@ -19,6 +19,7 @@ use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::lsn::Lsn;
@@ -192,11 +193,17 @@ impl Db {
     /// its backend was terminated) retires the lane and runs again on a fresh connection: a
     /// read changes nothing, so trying again is safe, and a lane's break does not fail the reads
     /// that were queued on it.
-    async fn read<T, F>(&self, needed: Option<Lsn>, long: bool, query: F) -> Result<T, Error>
+    async fn read<T, F>(
+        &self,
+        name: &'static str,
+        needed: Option<Lsn>,
+        long: bool,
+        query: F,
+    ) -> Result<T, Error>
     where
         F: for<'c> Fn(&'c AsyncPgConnection) -> BoxFuture<'c, Result<T, Error>>,
     {
-        self.run(async {
+        self.run(name, async {
             let (lane, lanes) = self.read_lane(needed, long).await?;
             let mut result = query(&lane).await;
             if matches!(result, Err(Error::Unavailable(_))) {
@@ -226,7 +233,7 @@ impl Db {
         sort: Sort,
     ) -> Result<Vec<Review>, Error> {
         let long = page.offset() + i64::from(page.size()) > SHORT_READ_ROWS;
-        self.read(needed, long, |conn| {
+        self.read("list_reviews", needed, long, |conn| {
             queries::list_reviews(conn, product, page, sort).boxed()
         })
         .await
@@ -238,7 +245,7 @@ impl Db {
         needed: Option<Lsn>,
         product: ProductId,
     ) -> Result<Meta, Error> {
-        self.read(needed, false, |conn| {
+        self.read("review_meta", needed, false, |conn| {
             queries::review_meta(conn, product).boxed()
         })
         .await
@@ -255,7 +262,7 @@ impl Db {
         one_per_email: bool,
     ) -> Result<Committed<ReviewId>, Error> {
         let id = self
-            .run(async {
+            .run("create_review", async {
                 let mut conn = self.primary.get().await?;
                 writes::create_review(&mut conn, review, key, one_per_email).await
             })
@@ -272,7 +279,7 @@ impl Db {
         product: ProductId,
     ) -> Result<Option<Committed<ReviewId>>, Error> {
         let id = self
-            .run(async {
+            .run("replayed", async {
                 let mut conn = self.primary.get().await?;
                 writes::replayed(&mut conn, key).await
             })
@@ -291,7 +298,7 @@ impl Db {
         voter: Option<Voter>,
     ) -> Result<Option<Committed<()>>, Error> {
         let product = self
-            .run(async {
+            .run("mark_helpful", async {
                 let mut conn = self.primary.get().await?;
                 writes::mark_helpful(&mut conn, id, voter.as_ref()).await
             })
@@ -306,7 +313,7 @@ impl Db {
         voter: Option<Voter>,
     ) -> Result<Option<Committed<()>>, Error> {
         let product = self
-            .run(async {
+            .run("report", async {
                 let mut conn = self.primary.get().await?;
                 writes::report(&mut conn, id, voter.as_ref()).await
             })
@@ -324,7 +331,7 @@ impl Db {
 
     /// Whether the database answers a trivial query within the deadline.
     pub async fn ping(&self) -> Result<(), Error> {
-        self.run(async {
+        self.run("ping", async {
             let mut conn = self.primary.get().await?;
             queries::ping(&mut conn).await
         })
@@ -336,7 +343,7 @@ impl Db {
     async fn committed<T>(&self, value: T, product: ProductId) -> Result<Committed<T>, Error> {
         let lsn = match &self.replicas {
             Some(_) => self
-                .run(async {
+                .run("wal_position", async {
                     let mut conn = self.primary.get().await?;
                     queries::wal_position(&mut conn).await
                 })
@@ -352,17 +359,38 @@ impl Db {
         })
     }
 
+    /// Runs the database work `name` (a name for traces, never with values) within the
+    /// deadline, in a span of its own inside a request's (work outside requests, such as the
+    /// readiness ping, is not traced).
     async fn run<T>(
         &self,
+        name: &'static str,
         op: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        tokio::time::timeout(self.timeout, op)
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                "db.query",
+                otel.name = name,
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                db.system.name = "postgresql",
+                db.query.summary = name,
+            )
+        };
+        let result = tokio::time::timeout(self.timeout, op)
+            .instrument(span.clone())
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Unavailable(format!(
                     "database did not answer within {:?}",
                     self.timeout
                 )))
-            })
+            });
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
     }
 }

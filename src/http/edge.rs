@@ -116,6 +116,8 @@ pub async fn handle<A: JsonApi>(
     let Some((route, bound)) = matched.iter().find(|(r, _)| r.method == method) else {
         return method_not_allowed(request.method(), path, &matched);
     };
+    // The request's span (crate::http::observe) learns what it is: its log lines name it.
+    super::observe::matched(route.template, route.call.name());
     let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
     let ctx = edge.api.context(request.headers(), peer);
     let input = Input {

@@ -3,6 +3,11 @@
 //! `grpc_server_handling_seconds`), everything else (JSON, gRPC-Web, probes) under
 //! OpenTelemetry's HTTP semantic conventions (`http_server_request_duration_seconds`) by route
 //! template, never by raw path: a path that no route matches has an empty `http_route`.
+//!
+//! And the request's span, around everything the request does: the trace it belongs to (the
+//! caller's W3C `traceparent`, on gRPC, gRPC-Web and JSON alike), what it is (RPC, route) and
+//! what it is about (product, review, recorded by the core), so that every log line inside it
+//! names them and an exported trace starts there.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,10 +21,17 @@ use axum::response::Response;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method};
 use http_body::{Frame, SizeHint};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TraceId};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use prometheus::{Histogram, IntCounter};
 use prost::Message;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::Metrics;
+use crate::telemetry;
 
 /// The route template a JSON response answered, set by the edge.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +68,8 @@ const UNKNOWN: usize = 2;
 struct GrpcMethod {
     /// `/package.Service/Method`.
     path: String,
+    service: String,
+    method: String,
     started: IntCounter,
     handled: [IntCounter; 17],
     seconds: Histogram,
@@ -85,6 +99,8 @@ impl Observe {
                     .map(|code| f.grpc_handled.with_label_values(&[ty, service, name, code])),
                 seconds: f.grpc_seconds.with_label_values(&[ty, service, name]),
                 path,
+                service: service.to_owned(),
+                method: name.to_owned(),
             }
         };
         let mut known = Vec::new();
@@ -144,14 +160,18 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
     o.metrics.requests.inc();
     o.metrics.in_flight.inc();
     let _in_flight = InFlight(&o.metrics);
+    let method = method_label(request.method());
+    let path = request.uri().path();
+    let index = o.grpc.find(path);
+    let span = request_span(request.headers(), method, index.map(|i| &o.grpc.known[i]));
     if is_grpc(request.headers()) {
-        let index = o.grpc.find(request.uri().path());
         o.grpc.get(index).started.inc();
-        let response = next.run(request).await;
+        let response = next.run(request).instrument(span.clone()).await;
         let call = Call {
             methods: o.grpc.clone(),
             index,
             start,
+            span,
         };
         // A trailers-only answer (an error, a refusal) has its status in the headers.
         if let Some(code) = grpc_code(response.headers()) {
@@ -165,24 +185,125 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
             })
         });
     }
-    let method = method_label(request.method());
-    let path = request.uri().path();
     let route = FIXED_ROUTES
         .iter()
         .copied()
         .find(|r| *r == path)
-        .or_else(|| o.grpc.find(path).map(|i| o.grpc.known[i].path.as_str()));
-    let response = next.run(request).await;
+        .or_else(|| index.map(|i| o.grpc.known[i].path.as_str()));
+    let response = next.run(request).instrument(span.clone()).await;
     let route = response
         .extensions()
         .get::<RouteTemplate>()
         .map(|r| r.0)
         .or(route)
         .unwrap_or("");
+    let status = response.status();
     o.metrics
-        .http_histogram(method, route, response.status().as_str())
+        .http_histogram(method, route, status.as_str())
         .observe(start.elapsed().as_secs_f64());
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    if index.is_none() && telemetry::tracing_enabled() {
+        // gRPC-Web is named by its RPC from the start; JSON by its method and route, known
+        // only now (OpenTelemetry's HTTP server span name).
+        let name = match route {
+            "" => method.to_owned(),
+            route => format!("{method} {route}"),
+        };
+        span.context().span().update_name(name);
+    }
     response
+}
+
+/// The span of a request, in the caller's trace, named by its RPC when it is one.
+fn request_span(headers: &HeaderMap, method: &'static str, rpc: Option<&GrpcMethod>) -> Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = Empty,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = Empty,
+        rpc.service = Empty,
+        rpc.method = Empty,
+        rpc.grpc.status_code = Empty,
+        http.request.method = method,
+        http.route = Empty,
+        http.response.status_code = Empty,
+        trace_id = Empty,
+        request_id = Empty,
+        product_id = Empty,
+        review_id = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    if let Some(rpc) = rpc {
+        span.record("otel.name", &rpc.path[1..]);
+        span.record("rpc.system", "grpc");
+        span.record("rpc.service", rpc.service.as_str());
+        span.record("rpc.method", rpc.method.as_str());
+    }
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        span.record("request_id", &id[..id.len().min(128)]);
+    }
+    if telemetry::tracing_enabled() {
+        let _ = span.set_parent(TraceContextPropagator::new().extract(&Headers(headers)));
+        let trace_id = span.context().span().span_context().trace_id();
+        if trace_id != TraceId::INVALID {
+            span.record("trace_id", tracing::field::display(trace_id));
+        }
+    } else if let Some(trace_id) = headers.get("traceparent").and_then(caller_trace_id) {
+        // Not exporting, the logs still name the caller's trace.
+        span.record("trace_id", trace_id);
+    }
+    span
+}
+
+/// The JSON edge's route, once matched: the request's span takes its template and RPC.
+pub fn matched(template: &'static str, rpc: &'static str) {
+    let span = Span::current();
+    span.record("http.route", template);
+    span.record("rpc.method", rpc);
+}
+
+/// The trace id of a W3C `traceparent` (version 00: `00-<32 hex>-<16 hex>-<2 hex>`), if valid.
+fn caller_trace_id(value: &http::HeaderValue) -> Option<&str> {
+    let value = value.to_str().ok()?;
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let parts: Vec<&str> = value.split('-').collect();
+    match parts[..] {
+        ["00", trace, span, flags]
+            if trace.len() == 32
+                && span.len() == 16
+                && flags.len() == 2
+                && hex(trace)
+                && hex(span)
+                && hex(flags)
+                && trace.bytes().any(|b| b != b'0')
+                && span.bytes().any(|b| b != b'0') =>
+        {
+            Some(trace)
+        }
+        _ => None,
+    }
+}
+
+/// Request headers as the propagator reads them.
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 /// Native gRPC (HTTP/2, `application/grpc`); gRPC-Web is HTTP to these metrics, as to the
@@ -224,13 +345,23 @@ struct Call {
     methods: Arc<GrpcMethods>,
     index: Option<usize>,
     start: Instant,
+    /// The request's span, open until the status is known.
+    span: Span,
 }
+
+/// The codes that are the server's failure, not the caller's (OpenTelemetry's rule for server
+/// spans): Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable, DataLoss.
+const SERVER_ERRORS: [usize; 6] = [2, 4, 12, 13, 14, 15];
 
 impl Call {
     fn finish(self, code: usize) {
         let method = self.methods.get(self.index);
         method.handled[code].inc();
         method.seconds.observe(self.start.elapsed().as_secs_f64());
+        self.span.record("rpc.grpc.status_code", code);
+        if SERVER_ERRORS.contains(&code) {
+            self.span.record("otel.status_code", "ERROR");
+        }
     }
 }
 

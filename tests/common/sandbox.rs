@@ -62,6 +62,53 @@ pub fn serve(db: &str, prefix: &str, extra: &[&str]) -> Command {
     cmd
 }
 
+/// Spawns `cmd`, a `reviews serve`, and waits until it serves; returns it and its address.
+pub async fn started(cmd: &mut Command) -> (Proc, std::net::SocketAddr) {
+    let mut server = Proc::spawn(cmd);
+    let line = server
+        .stderr_line("serving gRPC", Duration::from_secs(30))
+        .await;
+    let addr = served_addr(&line);
+    (server, addr)
+}
+
+/// SIGTERM to a `reviews serve`: it must exit 0 within 15 s, saying it stopped.
+pub async fn stop(mut server: Proc) {
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server.finish(Duration::from_secs(15)).await,
+        0,
+        "{}",
+        server.transcript()
+    );
+    assert!(server.stderr().iter().any(|l| l.contains("server stopped")));
+}
+
+/// POSTs `review` as JSON to `/reviews`, with `headers`.
+pub async fn post_review(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+    review: &serde_json::Value,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}/reviews"))
+        .header("content-type", "application/json")
+        .body(review.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// One gRPC-Web (binary) frame holding `message`: flag 0, length, message.
+pub fn grpc_web_frame(message: &impl prost::Message) -> Vec<u8> {
+    let message = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
 /// The objects of a kustomize overlay (`k8s/overlays/<overlay>`), as `kubectl kustomize`
 /// renders them.
 pub fn render(overlay: &str) -> Vec<serde_json::Value> {
