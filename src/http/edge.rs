@@ -15,7 +15,6 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use super::codec::{self, FromHttp, Seen, WriteJson};
-use super::observe::RouteTemplate;
 use super::response::{error_response, json_error};
 use crate::error::{Error, FieldViolation};
 use crate::service::Context;
@@ -57,7 +56,38 @@ pub struct Route {
     pub call: Call,
 }
 
+/// The route a request with `method` and `path` takes, if any (HEAD as GET).
+pub fn route_of(method: &Method, path: &str) -> Option<&'static Route> {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    ROUTES
+        .iter()
+        .find(|r| r.method == *method && r.matches(path))
+}
+
 impl Route {
+    /// Whether `path` matches this template (`match_path` without binding anything).
+    fn matches(&self, path: &str) -> bool {
+        let Some(mut parts) = path.strip_prefix('/').map(|p| p.split('/')) else {
+            return false;
+        };
+        for segment in self.segments {
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            let Ok(decoded) = percent_encoding::percent_decode_str(part).decode_utf8() else {
+                return false;
+            };
+            if matches!(segment, Segment::Literal(literal) if decoded != *literal) {
+                return false;
+            }
+        }
+        parts.next().is_none()
+    }
+
     /// The path variables bound by `path`, or `None` when it does not match this template.
     fn match_path(&self, path: &str) -> Option<Vec<(&'static str, String)>> {
         let parts = path.strip_prefix('/')?.split('/');
@@ -116,8 +146,6 @@ pub async fn handle<A: JsonApi>(
     let Some((route, bound)) = matched.iter().find(|(r, _)| r.method == method) else {
         return method_not_allowed(request.method(), path, &matched);
     };
-    // The request's span (crate::http::observe) learns what it is: its log lines name it.
-    super::observe::matched(route.template, route.call.name());
     let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
     let ctx = edge.api.context(request.headers(), peer);
     let input = Input {
@@ -126,11 +154,7 @@ pub async fn handle<A: JsonApi>(
         request,
         max_body: edge.max_body,
     };
-    let mut response = dispatch(&edge.api, route.call, ctx, input).await;
-    response
-        .extensions_mut()
-        .insert(RouteTemplate(route.template));
-    response
+    dispatch(&edge.api, route.call, ctx, input).await
 }
 
 fn method_not_allowed(

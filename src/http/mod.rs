@@ -20,7 +20,6 @@ use http::{HeaderValue, Method, StatusCode};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use handlers::{Json, JsonHandlers};
-pub use observe::RouteTemplate;
 pub use response::INVALID_PRODUCT_ID;
 
 use self::edge::Edge;

@@ -30,12 +30,9 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::edge::Route;
 use crate::metrics::Metrics;
 use crate::telemetry;
-
-/// The route template a JSON response answered, set by the edge.
-#[derive(Clone, Copy, Debug)]
-pub struct RouteTemplate(pub &'static str);
 
 /// The fixed routes of the router; their paths are their templates.
 pub const FIXED_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/openapi.json", "/metrics"];
@@ -163,7 +160,19 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
     let method = method_label(request.method());
     let path = request.uri().path();
     let index = o.grpc.find(path);
-    let span = request_span(request.headers(), method, index.map(|i| &o.grpc.known[i]));
+    let fixed = FIXED_ROUTES.iter().copied().find(|r| *r == path);
+    // The JSON route the edge will take (it matches again to bind the path's fields): known
+    // now, the span has it from the start.
+    let json = match (index, fixed) {
+        (None, None) => super::edge::route_of(request.method(), path),
+        _ => None,
+    };
+    let span = request_span(
+        request.headers(),
+        method,
+        index.map(|i| &o.grpc.known[i]),
+        json,
+    );
     if is_grpc(request.headers()) {
         o.grpc.get(index).started.inc();
         let response = next.run(request).instrument(span.clone()).await;
@@ -185,27 +194,23 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
             })
         });
     }
-    let route = FIXED_ROUTES
-        .iter()
-        .copied()
-        .find(|r| *r == path)
-        .or_else(|| index.map(|i| o.grpc.known[i].path.as_str()));
-    let response = next.run(request).instrument(span.clone()).await;
-    let route = response
-        .extensions()
-        .get::<RouteTemplate>()
-        .map(|r| r.0)
-        .or(route)
+    let route = fixed
+        .or_else(|| index.map(|i| o.grpc.known[i].path.as_str()))
+        .or_else(|| json.map(|r| r.template))
         .unwrap_or("");
+    let response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     o.metrics
         .http_histogram(method, route, status.as_str())
         .observe(start.elapsed().as_secs_f64());
+    if !telemetry::tracing_enabled() {
+        return response;
+    }
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    if index.is_none() && telemetry::tracing_enabled() {
+    if index.is_none() {
         // gRPC-Web is named by its RPC from the start; JSON by its method and route, known
         // only now (OpenTelemetry's HTTP server span name).
         let name = match route {
@@ -217,55 +222,72 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
     response
 }
 
-/// The span of a request, in the caller's trace, named by its RPC when it is one.
-fn request_span(headers: &HeaderMap, method: &'static str, rpc: Option<&GrpcMethod>) -> Span {
-    let span = tracing::info_span!(
-        "request",
-        otel.name = Empty,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        rpc.system = Empty,
-        rpc.service = Empty,
-        rpc.method = Empty,
-        rpc.grpc.status_code = Empty,
-        http.request.method = method,
-        http.route = Empty,
-        http.response.status_code = Empty,
-        trace_id = Empty,
-        request_id = Empty,
-        product_id = Empty,
-        review_id = Empty,
-    );
-    if span.is_disabled() {
-        return span;
-    }
-    if let Some(rpc) = rpc {
-        span.record("otel.name", &rpc.path[1..]);
-        span.record("rpc.system", "grpc");
-        span.record("rpc.service", rpc.service.as_str());
-        span.record("rpc.method", rpc.method.as_str());
-    }
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        span.record("request_id", &id[..id.len().min(128)]);
-    }
-    if telemetry::tracing_enabled() {
+/// The span of a request, in the caller's trace, named by its RPC when it is one. Every field
+/// known now is given now (each later record costs a re-rendering of the span's fields for the
+/// logs), so only the subject, learnt by the core, is recorded later, and the answer's status
+/// only when traces are exported.
+fn request_span(
+    headers: &HeaderMap,
+    method: &'static str,
+    rpc: Option<&GrpcMethod>,
+    json: Option<&'static Route>,
+) -> Span {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|id| &id[..id.len().min(128)]);
+    let tracing = telemetry::tracing_enabled();
+    // Not exporting, the logs still name the caller's trace.
+    let caller_trace = match tracing {
+        false => headers.get("traceparent").and_then(caller_trace_id),
+        true => None,
+    };
+    // The logs need only what names the request; the rest is for the exported span.
+    let span = match rpc {
+        Some(rpc) => tracing::info_span!(
+            "request",
+            rpc.method = rpc.method.as_str(),
+            request_id,
+            trace_id = caller_trace,
+            product_id = Empty,
+            review_id = Empty,
+            otel.name = Empty,
+            otel.kind = Empty,
+            rpc.system = Empty,
+            rpc.service = Empty,
+            rpc.grpc.status_code = Empty,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+        ),
+        None => tracing::info_span!(
+            "request",
+            http.request.method = method,
+            http.route = json.map(|r| r.template),
+            rpc.method = json.map(|r| r.call.name()),
+            request_id,
+            trace_id = caller_trace,
+            product_id = Empty,
+            review_id = Empty,
+            otel.kind = Empty,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+        ),
+    };
+    if tracing && !span.is_disabled() {
+        // Before the span's context exists: its name and kind are fixed then.
+        span.record("otel.kind", "server");
+        if let Some(rpc) = rpc {
+            span.record("otel.name", &rpc.path[1..]);
+            span.record("rpc.system", "grpc");
+            span.record("rpc.service", rpc.service.as_str());
+        }
         let _ = span.set_parent(TraceContextPropagator::new().extract(&Headers(headers)));
         let trace_id = span.context().span().span_context().trace_id();
         if trace_id != TraceId::INVALID {
             span.record("trace_id", tracing::field::display(trace_id));
         }
-    } else if let Some(trace_id) = headers.get("traceparent").and_then(caller_trace_id) {
-        // Not exporting, the logs still name the caller's trace.
-        span.record("trace_id", trace_id);
     }
     span
-}
-
-/// The JSON edge's route, once matched: the request's span takes its template and RPC.
-pub fn matched(template: &'static str, rpc: &'static str) {
-    let span = Span::current();
-    span.record("http.route", template);
-    span.record("rpc.method", rpc);
 }
 
 /// The trace id of a W3C `traceparent` (version 00: `00-<32 hex>-<16 hex>-<2 hex>`), if valid.
@@ -358,9 +380,11 @@ impl Call {
         let method = self.methods.get(self.index);
         method.handled[code].inc();
         method.seconds.observe(self.start.elapsed().as_secs_f64());
-        self.span.record("rpc.grpc.status_code", code);
-        if SERVER_ERRORS.contains(&code) {
-            self.span.record("otel.status_code", "ERROR");
+        if telemetry::tracing_enabled() {
+            self.span.record("rpc.grpc.status_code", code);
+            if SERVER_ERRORS.contains(&code) {
+                self.span.record("otel.status_code", "ERROR");
+            }
         }
     }
 }
