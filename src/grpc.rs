@@ -64,18 +64,16 @@ impl ReviewService for ReviewsGrpc {
         &self,
         request: Request<pb::ListReviewsRequest>,
     ) -> Result<Response<pb::ListReviewsResponse>, Status> {
-        let ctx = self.context(&request);
         let query = wire::list_query(request.get_ref())?;
-        decode(self.service.list_reviews::<Proto>(&ctx, query).await?)
+        decode(self.service.list_reviews::<Proto>(query).await?)
     }
 
     async fn get_review_meta(
         &self,
         request: Request<pb::GetReviewMetaRequest>,
     ) -> Result<Response<pb::ReviewMeta>, Status> {
-        let ctx = self.context(&request);
         let product = ProductId::parse(request.get_ref().product_id)?;
-        decode(self.service.get_review_meta::<Proto>(&ctx, product).await?)
+        decode(self.service.get_review_meta::<Proto>(product).await?)
     }
 
     async fn create_review(

@@ -72,14 +72,15 @@ impl Context {
         }
     }
 
-    /// The span of a write: its log lines name the operation and the caller's ids.
-    fn span(&self, operation: &'static str) -> tracing::Span {
-        tracing::info_span!("call", operation, request_id = self.request_id.as_deref())
+    /// The span of a write: its log lines name the operation (the request's span, around it,
+    /// names the caller's ids).
+    fn span(operation: &'static str) -> tracing::Span {
+        tracing::info_span!("call", operation)
     }
 
     /// The span of a read, at debug level: reads are the hot path.
-    fn read_span(&self, operation: &'static str) -> tracing::Span {
-        tracing::debug_span!("call", operation, request_id = self.request_id.as_deref())
+    fn read_span(operation: &'static str) -> tracing::Span {
+        tracing::debug_span!("call", operation)
     }
 }
 
@@ -143,11 +144,7 @@ impl Service {
     }
 
     /// One page of a product's listable reviews, as `E` sends it.
-    pub async fn list_reviews<E: Encoding>(
-        &self,
-        ctx: &Context,
-        query: ListQuery,
-    ) -> Result<Bytes, Error> {
+    pub async fn list_reviews<E: Encoding>(&self, query: ListQuery) -> Result<Bytes, Error> {
         about_product(query.product.get());
         let load = |needed| async move {
             let reviews = self
@@ -157,23 +154,19 @@ impl Service {
             Ok(E::list(&query, reviews))
         };
         self.read(Entry::List(query), E::FORMAT, load)
-            .instrument(ctx.read_span("ListReviews"))
+            .instrument(Context::read_span("ListReviews"))
             .await
     }
 
     /// A product's rating breakdown and characteristic averages, as `E` sends them.
-    pub async fn get_review_meta<E: Encoding>(
-        &self,
-        ctx: &Context,
-        product: ProductId,
-    ) -> Result<Bytes, Error> {
+    pub async fn get_review_meta<E: Encoding>(&self, product: ProductId) -> Result<Bytes, Error> {
         about_product(product.get());
         let load = |needed| async move {
             let meta = self.db.review_meta(needed, product).await?;
             Ok(E::meta(product, meta))
         };
         self.read(Entry::Meta(product), E::FORMAT, load)
-            .instrument(ctx.read_span("GetReviewMeta"))
+            .instrument(Context::read_span("GetReviewMeta"))
             .await
     }
 
@@ -203,7 +196,7 @@ impl Service {
                 .await?;
             Ok(this.invalidate(committed).await)
         })
-        .instrument(ctx.span("CreateReview"))
+        .instrument(Context::span("CreateReview"))
         .await?;
         about_review(id.get());
         tracing::info!(
@@ -227,7 +220,7 @@ impl Service {
             }
             Ok(())
         })
-        .instrument(ctx.span("MarkReviewHelpful"))
+        .instrument(Context::span("MarkReviewHelpful"))
         .await
     }
 
@@ -243,7 +236,7 @@ impl Service {
             }
             Ok(())
         })
-        .instrument(ctx.span("ReportReview"))
+        .instrument(Context::span("ReportReview"))
         .await?;
         tracing::info!(
             review_id = id.get(),

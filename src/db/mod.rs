@@ -367,18 +367,20 @@ impl Db {
         name: &'static str,
         op: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        let span = if tracing::Span::current().is_none() {
-            tracing::Span::none()
-        } else {
-            tracing::debug_span!(
-                "db.query",
-                otel.name = name,
-                otel.kind = "client",
-                otel.status_code = tracing::field::Empty,
-                db.system.name = "postgresql",
-                db.query.summary = name,
-            )
-        };
+        // Only when the span is wanted (tracing on) is the current span looked up.
+        let span =
+            if !tracing::enabled!(tracing::Level::DEBUG) || tracing::Span::current().is_none() {
+                tracing::Span::none()
+            } else {
+                tracing::debug_span!(
+                    "db.query",
+                    otel.name = name,
+                    otel.kind = "client",
+                    otel.status_code = tracing::field::Empty,
+                    db.system.name = "postgresql",
+                    db.query.summary = name,
+                )
+            };
         let result = tokio::time::timeout(self.timeout, op)
             .instrument(span.clone())
             .await

@@ -4,6 +4,7 @@
 //! the typed parsing and writing are generated at build time from the proto's `google.api.http`
 //! options (`build/codegen.rs`), so annotating an RPC adds its route.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -56,21 +57,27 @@ pub struct Route {
     pub call: Call,
 }
 
-/// The route a request with `method` and `path` takes, if any (HEAD as GET).
-pub fn route_of(method: &Method, path: &str) -> Option<&'static Route> {
-    let method = if method == Method::HEAD {
+/// The method a request is routed by: HEAD is a GET without the body (hyper leaves it out).
+fn routed_as(method: &Method) -> &Method {
+    if method == Method::HEAD {
         &Method::GET
     } else {
         method
-    };
+    }
+}
+
+/// The route a request with `method` and `path` takes, if any.
+pub fn route_of(method: &Method, path: &str) -> Option<&'static Route> {
+    let method = routed_as(method);
     ROUTES
         .iter()
         .find(|r| r.method == *method && r.matches(path))
 }
 
 impl Route {
-    /// Whether `path` matches this template (`match_path` without binding anything).
-    fn matches(&self, path: &str) -> bool {
+    /// Walks `path` along this template, handing each path variable's decoded value to `bind`;
+    /// false when the path does not match.
+    fn walk<'p>(&self, path: &'p str, mut bind: impl FnMut(&'static str, Cow<'p, str>)) -> bool {
         let Some(mut parts) = path.strip_prefix('/').map(|p| p.split('/')) else {
             return false;
         };
@@ -81,31 +88,25 @@ impl Route {
             let Ok(decoded) = percent_encoding::percent_decode_str(part).decode_utf8() else {
                 return false;
             };
-            if matches!(segment, Segment::Literal(literal) if decoded != *literal) {
-                return false;
+            match segment {
+                Segment::Literal(literal) if decoded != *literal => return false,
+                Segment::Literal(_) => {}
+                Segment::Field(name) => bind(name, decoded),
             }
         }
         parts.next().is_none()
     }
 
+    /// Whether `path` matches this template.
+    fn matches(&self, path: &str) -> bool {
+        self.walk(path, |_, _| {})
+    }
+
     /// The path variables bound by `path`, or `None` when it does not match this template.
     fn match_path(&self, path: &str) -> Option<Vec<(&'static str, String)>> {
-        let parts = path.strip_prefix('/')?.split('/');
-        if parts.clone().count() != self.segments.len() {
-            return None;
-        }
         let mut bound = Vec::new();
-        for (segment, part) in self.segments.iter().zip(parts) {
-            let decoded = percent_encoding::percent_decode_str(part)
-                .decode_utf8()
-                .ok()?;
-            match segment {
-                Segment::Literal(lit) if *lit == decoded => {}
-                Segment::Literal(_) => return None,
-                Segment::Field(name) => bound.push((*name, decoded.into_owned())),
-            }
-        }
-        Some(bound)
+        self.walk(path, |name, value| bound.push((name, value.into_owned())))
+            .then_some(bound)
     }
 }
 
@@ -127,42 +128,39 @@ pub async fn handle<A: JsonApi>(
     request: Request<Body>,
 ) -> Response {
     let path = request.uri().path();
-    let matched: Vec<_> = ROUTES
+    let method = routed_as(request.method());
+    let found = ROUTES
         .iter()
-        .filter_map(|r| Some((r, r.match_path(path)?)))
-        .collect();
-    if matched.is_empty() {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("no route for {path}"),
-        );
-    }
-    // HEAD is a GET without the body (hyper leaves the body out).
-    let method = match request.method() {
-        &Method::HEAD => Method::GET,
-        m => m.clone(),
-    };
-    let Some((route, bound)) = matched.iter().find(|(r, _)| r.method == method) else {
-        return method_not_allowed(request.method(), path, &matched);
+        .filter(|r| r.method == *method)
+        .find_map(|r| Some((r, r.match_path(path)?)));
+    let Some((route, bound)) = found else {
+        let allowed: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.matches(path))
+            .map(|r| r.method.as_str())
+            .collect();
+        if allowed.is_empty() {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {path}"),
+            );
+        }
+        return method_not_allowed(request.method(), path, &allowed);
     };
     let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
     let ctx = edge.api.context(request.headers(), peer);
     let input = Input {
         route,
-        bound: bound.clone(),
+        bound,
         request,
         max_body: edge.max_body,
     };
     dispatch(&edge.api, route.call, ctx, input).await
 }
 
-fn method_not_allowed(
-    method: &Method,
-    path: &str,
-    matched: &[(&Route, Vec<(&str, String)>)],
-) -> Response {
-    let allowed: Vec<&str> = matched.iter().map(|(r, _)| r.method.as_str()).collect();
+/// 405 for a path whose routes take only the `allowed` methods.
+fn method_not_allowed(method: &Method, path: &str, allowed: &[&str]) -> Response {
     let mut response = json_error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

@@ -43,21 +43,22 @@ impl JsonApi for JsonHandlers {
 
     async fn list_reviews(
         &self,
-        ctx: Context,
+        // Reads need nothing of the call's context: the request's span names the caller.
+        _ctx: Context,
         request: pb::ListReviewsRequest,
     ) -> Result<Reply<pb::ListReviewsResponse>, Error> {
         let query = wire::list_query(&request)?;
-        let body = self.service.list_reviews::<Json>(&ctx, query).await?;
+        let body = self.service.list_reviews::<Json>(query).await?;
         Ok(Reply::Json(body))
     }
 
     async fn get_review_meta(
         &self,
-        ctx: Context,
+        _ctx: Context,
         request: pb::GetReviewMetaRequest,
     ) -> Result<Reply<pb::ReviewMeta>, Error> {
         let product = ProductId::parse(request.product_id)?;
-        let body = self.service.get_review_meta::<Json>(&ctx, product).await?;
+        let body = self.service.get_review_meta::<Json>(product).await?;
         Ok(Reply::Json(body))
     }
 

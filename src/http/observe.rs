@@ -297,22 +297,26 @@ fn caller_trace_id(value: &http::HeaderValue) -> Option<&str> {
         s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    let parts: Vec<&str> = value.split('-').collect();
-    match parts[..] {
-        ["00", trace, span, flags]
-            if trace.len() == 32
-                && span.len() == 16
-                && flags.len() == 2
-                && hex(trace)
-                && hex(span)
-                && hex(flags)
-                && trace.bytes().any(|b| b != b'0')
-                && span.bytes().any(|b| b != b'0') =>
-        {
-            Some(trace)
-        }
-        _ => None,
-    }
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let mut parts = value.split('-');
+    let (Some("00"), Some(trace), Some(span), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let valid = trace.len() == 32
+        && span.len() == 16
+        && flags.len() == 2
+        && hex(trace)
+        && hex(span)
+        && hex(flags)
+        && nonzero(trace)
+        && nonzero(span);
+    valid.then_some(trace)
 }
 
 /// Request headers as the propagator reads them.
