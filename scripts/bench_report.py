@@ -51,7 +51,10 @@ def med(runs, name, key="rps"):
 
 
 def median():
-    print(int(med(load(sys.argv[2]), sys.argv[3]) or 0))
+    # The median of a run's `rps` (a whole number), or of the key given third.
+    key = sys.argv[4] if len(sys.argv) > 4 else "rps"
+    value = med(load(sys.argv[2]), sys.argv[3], key) or 0
+    print(int(value) if key == "rps" else round(value, 2))
 
 
 def fmt(v, unit=""):

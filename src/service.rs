@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::reviews::{
     IdempotencyKey, ListQuery, Meta, NewReview, ProductId, Review, ReviewId, Voter,
 };
-use crate::telemetry::{about_product, about_review};
+use crate::telemetry::{about_product, about_review, carried};
 
 /// How a face sends a read's answer. The cache keeps answers in this form, so a hit is the
 /// face's own bytes, with nothing decoded or re-encoded.
@@ -349,11 +349,12 @@ impl Service {
 }
 
 /// Runs a write to completion even if the caller goes away: a write that committed must also
-/// invalidate the cache, whatever happens to the request that asked for it.
+/// invalidate the cache, whatever happens to the request that asked for it. Its log lines and
+/// spans stay the request's.
 async fn detached<T: Send + 'static>(
     write: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::spawn(write)
+    tokio::spawn(carried(write))
         .await
         .unwrap_or_else(|e| Err(Error::Internal(format!("write task failed: {e}"))))
 }

@@ -11,21 +11,23 @@
 //! turn it off). Off, nothing is exported and the spans below the request (cache, database) are
 //! not even created: their callsites are at debug level, which only the trace layer enables.
 
-use std::fmt::Write as _;
+mod lines;
+
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::field::{Field, Visit};
-use tracing::span::Record;
-use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FormatFields, FormattedFields};
+use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+pub use lines::{carried, in_request, RequestLog};
+use lines::{AppendJsonFields, JsonLines, TextLines};
+
+/// The name of the request's span, made only when spans are exported.
+pub const REQUEST_SPAN: &str = "request";
 
 /// Whether spans are exported: the request layer then takes the caller's trace context.
 static TRACING: AtomicBool = AtomicBool::new(false);
@@ -51,14 +53,20 @@ impl Telemetry {
     }
 }
 
-/// Names the product the current request is about, in its span (and so in its log lines).
+/// Names the product the current request is about, in its log lines and its exported span.
 pub fn about_product(id: i32) {
-    tracing::Span::current().record("product_id", id);
+    lines::set_product(id);
+    if tracing_enabled() {
+        tracing::Span::current().record("product_id", id);
+    }
 }
 
-/// Names the review the current request is about, in its span (and so in its log lines).
+/// Names the review the current request is about, in its log lines and its exported span.
 pub fn about_review(id: i32) {
-    tracing::Span::current().record("review_id", id);
+    lines::set_review(id);
+    if tracing_enabled() {
+        tracing::Span::current().record("review_id", id);
+    }
 }
 
 /// Whether the `OTEL_*` environment asks for exported traces.
@@ -78,10 +86,17 @@ pub fn init() -> Telemetry {
         // Colours only on a terminal: a log file or collector gets plain text.
         .with_ansi(std::io::stderr().is_terminal());
     let fmt = if std::env::var("REVIEWS_LOG_FORMAT").as_deref() == Ok("json") {
-        fmt.json().fmt_fields(AppendJsonFields).boxed()
+        fmt.fmt_fields(AppendJsonFields)
+            .event_format(JsonLines)
+            .boxed()
     } else {
-        fmt.boxed()
+        fmt.event_format(TextLines).boxed()
     };
+    // The request's exported span is not the logs': they name the request by its `RequestLog`.
+    let not_request = filter_fn(|meta| !(meta.is_span() && meta.name() == REQUEST_SPAN))
+        // No bound of its own: without one, the pair would lift every callsite's level to TRACE.
+        .with_max_level_hint(LevelFilter::TRACE);
+    let filter = filter.and(not_request);
     let (provider, failed) = if otlp_configured(|name| std::env::var(name).ok()) {
         match provider() {
             Ok(provider) => (Some(provider), None),
@@ -120,117 +135,6 @@ pub fn init() -> Telemetry {
     Telemetry { provider }
 }
 
-/// The JSON log format's span fields, written straight into the span's JSON object and
-/// appended to as a request's span learns more (its route, its product). Hand-written because
-/// tracing-subscriber's `JsonFields` builds a map of `serde_json::Value`s for every span and,
-/// at every later record, parses the span's fields and serialises them again: with the request
-/// span it cost a JSON cache hit 15-20 % of its throughput (`BENCH_ONLY=observe scripts/bench`).
-struct AppendJsonFields;
-
-/// Writes fields as `"name":value` pairs of a JSON object.
-struct JsonPairs<'a> {
-    out: &'a mut String,
-    first: bool,
-}
-
-impl JsonPairs<'_> {
-    fn key(&mut self, field: &Field) {
-        if !std::mem::take(&mut self.first) {
-            self.out.push(',');
-        }
-        let name = field.name();
-        json_string(self.out, name.strip_prefix("r#").unwrap_or(name));
-        self.out.push(':');
-    }
-}
-
-impl Visit for JsonPairs<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        json_string(self.out, value);
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.out.push_str(if value { "true" } else { "false" });
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
-        if value.is_finite() {
-            let _ = write!(self.out, "{value}");
-        } else {
-            self.out.push_str("null");
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.key(field);
-        json_string(self.out, &format!("{value:?}"));
-    }
-}
-
-/// `s` as a JSON string (RFC 8259: quote, backslash and control characters escaped).
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-impl<'writer> FormatFields<'writer> for AppendJsonFields {
-    fn format_fields<R: RecordFields>(
-        &self,
-        mut writer: Writer<'writer>,
-        fields: R,
-    ) -> std::fmt::Result {
-        let mut out = String::from("{");
-        fields.record(&mut JsonPairs {
-            out: &mut out,
-            first: true,
-        });
-        out.push('}');
-        writer.write_str(&out)
-    }
-
-    fn add_fields(
-        &self,
-        current: &'writer mut FormattedFields<Self>,
-        fields: &Record<'_>,
-    ) -> std::fmt::Result {
-        let out = &mut current.fields;
-        if out.pop() != Some('}') {
-            out.clear();
-            out.push('{');
-        }
-        let first = out.ends_with('{');
-        fields.record(&mut JsonPairs { out, first });
-        out.push('}');
-        Ok(())
-    }
-}
-
 fn provider() -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
     // Endpoint, headers, timeout and compression from the OTEL_EXPORTER_OTLP_* variables.
@@ -257,63 +161,7 @@ fn provider() -> anyhow::Result<SdkTracerProvider> {
 
 #[cfg(test)]
 mod tests {
-    use super::{otlp_configured, AppendJsonFields};
-    use tracing_subscriber::layer::SubscriberExt;
-
-    #[test]
-    fn json_span_fields_recorded_later_join_the_object() {
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-        let sink = lines.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .fmt_fields(AppendJsonFields)
-                .with_writer(move || Sink(sink.clone())),
-        );
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!(
-                "request",
-                route = tracing::field::Empty,
-                id = tracing::field::Empty,
-                text = "a \"quoted\" {brace} \\ tab\t\u{1}"
-            );
-            span.record("route", "/reviews");
-            span.record("id", 7);
-            span.in_scope(|| tracing::info!("inside"));
-            let empty = tracing::info_span!("bare", later = tracing::field::Empty);
-            empty.record("later", true);
-            empty.in_scope(|| tracing::info!("inside bare"));
-        });
-        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect();
-        assert_eq!(
-            lines[0]["span"],
-            serde_json::json!({
-                "name": "request", "route": "/reviews", "id": 7,
-                "text": "a \"quoted\" {brace} \\ tab\t\u{1}"
-            })
-        );
-        assert_eq!(
-            lines[1]["span"],
-            serde_json::json!({"name": "bare", "later": true})
-        );
-    }
-
-    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use super::otlp_configured;
 
     #[test]
     fn traces_are_on_only_with_an_endpoint_and_not_disabled() {

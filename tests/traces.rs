@@ -314,6 +314,64 @@ async fn json_grpc_and_grpc_web_requests_are_traced_under_the_callers_traceparen
         "readiness pings are not traced: {spans:#?}"
     );
 
+    // A write runs in a task of its own (it finishes when the caller hangs up); its database
+    // write and its cache invalidation are still in the caller's trace, under the request.
+    let (write_trace, write_parent, header) = traceparent(4);
+    let review = serde_json::json!({
+        "product_id": 3, "rating": 5, "summary": "traced", "recommend": true,
+        "body": "a body long enough to be a valid review, fifty characters at least",
+        "name": "tracer", "email": "tracer-write@example.com",
+        "characteristics": {}
+    });
+    let meta = http
+        .get(format!("http://{addr}/reviews/meta?product_id=3"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    let characteristics = meta["characteristics"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| (c["id"].to_string(), serde_json::json!(4)))
+        .collect::<serde_json::Map<_, _>>();
+    let mut review = review;
+    review["characteristics"] = characteristics.into();
+    let created = sandbox::post_review(addr, &[("traceparent", &header)], &review).await;
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    wait_until(
+        "the create's invalidation is exported",
+        Duration::from_secs(20),
+        || async {
+            receiver
+                .trace(&write_trace)
+                .iter()
+                .any(|s| s.name == "cache.invalidate")
+        },
+    )
+    .await;
+    let spans = receiver.trace(&write_trace);
+    let request = spans
+        .iter()
+        .find(|s| s.parent == write_parent)
+        .unwrap_or_else(|| panic!("no span under the caller's {write_parent}: {spans:#?}"));
+    assert_eq!(request.name, "POST /reviews", "{request:#?}");
+    let by_id: HashMap<&str, &Received> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
+    for name in ["create_review", "cache.invalidate"] {
+        let mut at = spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span in the create's trace: {spans:#?}"));
+        while at.id != request.id {
+            at = by_id
+                .get(at.parent.as_str())
+                .unwrap_or_else(|| panic!("{name} is not under the request: {spans:#?}"));
+        }
+    }
+
     sandbox::stop(server).await;
 }
 

@@ -32,7 +32,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::edge::Route;
 use crate::metrics::Metrics;
-use crate::telemetry;
+use crate::telemetry::{self, in_request, RequestLog};
 
 /// The fixed routes of the router; their paths are their templates.
 pub const FIXED_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/openapi.json", "/metrics"];
@@ -66,7 +66,8 @@ struct GrpcMethod {
     /// `/package.Service/Method`.
     path: String,
     service: String,
-    method: String,
+    /// Shared with each call's log context.
+    method: Arc<str>,
     started: IntCounter,
     handled: [IntCounter; 17],
     seconds: Histogram,
@@ -97,7 +98,7 @@ impl Observe {
                 seconds: f.grpc_seconds.with_label_values(&[ty, service, name]),
                 path,
                 service: service.to_owned(),
-                method: name.to_owned(),
+                method: name.into(),
             }
         };
         let mut known = Vec::new();
@@ -167,7 +168,7 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
         (None, None) => super::edge::route_of(request.method(), path),
         _ => None,
     };
-    let span = request_span(
+    let (log, span) = request_log(
         request.headers(),
         method,
         index.map(|i| &o.grpc.known[i]),
@@ -175,7 +176,7 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
     );
     if is_grpc(request.headers()) {
         o.grpc.get(index).started.inc();
-        let response = next.run(request).instrument(span.clone()).await;
+        let response = in_request(log, next.run(request).instrument(span.clone())).await;
         let call = Call {
             methods: o.grpc.clone(),
             index,
@@ -198,7 +199,7 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
         .or_else(|| index.map(|i| o.grpc.known[i].path.as_str()))
         .or_else(|| json.map(|r| r.template))
         .unwrap_or("");
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = in_request(log, next.run(request).instrument(span.clone())).await;
     let status = response.status();
     o.metrics
         .http_histogram(method, route, status.as_str())
@@ -222,72 +223,65 @@ pub(super) async fn observe(State(o): State<Observe>, request: Request, next: Ne
     response
 }
 
-/// The span of a request, in the caller's trace, named by its RPC when it is one. Every field
-/// known now is given now (each later record costs a re-rendering of the span's fields for the
-/// logs), so only the subject, learnt by the core, is recorded later, and the answer's status
-/// only when traces are exported.
-fn request_span(
+/// What names a request in its log lines, and its span when spans are exported (none
+/// otherwise: the logs need none, and a span per request costs a cache hit some 12 %), in the
+/// caller's trace, named by its RPC when it is one. Every field known now is given now; only
+/// the subject, learnt by the core, and the answer's status are recorded later.
+fn request_log(
     headers: &HeaderMap,
     method: &'static str,
     rpc: Option<&GrpcMethod>,
     json: Option<&'static Route>,
-) -> Span {
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|id| &id[..id.len().min(128)]);
-    let tracing = telemetry::tracing_enabled();
-    // Not exporting, the logs still name the caller's trace.
-    let caller_trace = match tracing {
-        false => headers.get("traceparent").and_then(caller_trace_id),
-        true => None,
-    };
-    // The logs need only what names the request; the rest is for the exported span.
+) -> (RequestLog, Span) {
+    let mut log = RequestLog::default();
+    log.request_id = headers.get("x-request-id").cloned();
+    match rpc {
+        Some(rpc) => log.rpc_method = Some(rpc.method.clone()),
+        None => {
+            log.http_method = Some(method);
+            log.http_route = json.map(|r| r.template);
+            log.rpc_method = json.map(|r| r.call.name().into());
+        }
+    }
+    if !telemetry::tracing_enabled() {
+        // Not exporting, the logs still name the caller's trace.
+        log.trace_id = headers
+            .get("traceparent")
+            .and_then(caller_trace_id)
+            .and_then(|hex| TraceId::from_hex(hex).ok());
+        return (log, Span::none());
+    }
     let span = match rpc {
         Some(rpc) => tracing::info_span!(
-            "request",
-            rpc.method = rpc.method.as_str(),
-            request_id,
-            trace_id = caller_trace,
+            telemetry::REQUEST_SPAN,
+            otel.name = &rpc.path[1..],
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = rpc.service.as_str(),
+            rpc.method = &*rpc.method,
+            request_id = log.request_id(),
             product_id = Empty,
             review_id = Empty,
-            otel.name = Empty,
-            otel.kind = Empty,
-            rpc.system = Empty,
-            rpc.service = Empty,
             rpc.grpc.status_code = Empty,
-            http.response.status_code = Empty,
             otel.status_code = Empty,
         ),
         None => tracing::info_span!(
-            "request",
+            telemetry::REQUEST_SPAN,
+            otel.kind = "server",
             http.request.method = method,
-            http.route = json.map(|r| r.template),
-            rpc.method = json.map(|r| r.call.name()),
-            request_id,
-            trace_id = caller_trace,
+            http.route = log.http_route,
+            rpc.method = log.rpc_method.as_deref(),
+            request_id = log.request_id(),
             product_id = Empty,
             review_id = Empty,
-            otel.kind = Empty,
             http.response.status_code = Empty,
             otel.status_code = Empty,
         ),
     };
-    if tracing && !span.is_disabled() {
-        // Before the span's context exists: its name and kind are fixed then.
-        span.record("otel.kind", "server");
-        if let Some(rpc) = rpc {
-            span.record("otel.name", &rpc.path[1..]);
-            span.record("rpc.system", "grpc");
-            span.record("rpc.service", rpc.service.as_str());
-        }
-        let _ = span.set_parent(TraceContextPropagator::new().extract(&Headers(headers)));
-        let trace_id = span.context().span().span_context().trace_id();
-        if trace_id != TraceId::INVALID {
-            span.record("trace_id", tracing::field::display(trace_id));
-        }
-    }
-    span
+    let _ = span.set_parent(TraceContextPropagator::new().extract(&Headers(headers)));
+    let trace_id = span.context().span().span_context().trace_id();
+    log.trace_id = (trace_id != TraceId::INVALID).then_some(trace_id);
+    (log, span)
 }
 
 /// The trace id of a W3C `traceparent` (version 00: `00-<32 hex>-<16 hex>-<2 hex>`), if valid.
