@@ -220,18 +220,19 @@ fn api_trait(out: &mut Out, rpcs: &[MethodDescriptor]) -> Result<()> {
 fn dispatch(out: &mut Out, routes: &[Route], rpcs: &[MethodDescriptor]) -> Result<()> {
     out.code.push_str(
         "/// Parses the request of `call`, calls it, and writes its reply or its error.\n\
-         pub async fn dispatch<A: JsonApi>(api: &A, call: Call, ctx: Context, input: Input<'_>) -> Response {\n    match call {\n",
+         pub async fn dispatch<A: JsonApi>(api: &A, call: Call, ctx: Context, input: Input<'_>) -> Response {\n    \
+         let errors = input.errors();\n    match call {\n",
     );
     for rpc in rpcs {
         let post = routes
             .iter()
             .any(|r| r.rpc.full_name() == rpc.full_name() && r.method == "POST");
         let answer = if rpc.output().full_name() == EMPTY {
-            "no_content(result)"
+            "no_content(result, errors)"
         } else if post {
-            "reply(result, StatusCode::CREATED)"
+            "reply(result, StatusCode::CREATED, errors)"
         } else {
-            "reply(result, StatusCode::OK)"
+            "reply(result, StatusCode::OK, errors)"
         };
         writeln!(
             out.code,

@@ -120,4 +120,11 @@ impl ReviewService for Fixed {
     ) -> Result<Response<()>, Status> {
         Err(Status::unimplemented("floor"))
     }
+
+    async fn get_product_rating(
+        &self,
+        _: Request<pb::GetProductRatingRequest>,
+    ) -> Result<Response<pb::ProductRating>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
 }

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::review_service_server::ReviewService;
-use crate::reviews::{ListQuery, Meta, ProductId, Review, ReviewId};
+use crate::reviews::{ListQuery, Meta, ProductId, Rating, Review, ReviewId};
 use crate::service::{Context, Encoding, Service};
 use crate::transport::Peer;
 use crate::wire;
@@ -43,6 +43,10 @@ impl Encoding for Proto {
     fn meta(product: ProductId, meta: Meta) -> Bytes {
         wire::review_meta(product, meta).encode_to_vec().into()
     }
+
+    fn rating(product: ProductId, rating: Rating) -> Bytes {
+        wire::product_rating(product, rating).encode_to_vec().into()
+    }
 }
 
 fn decode<M: Message + Default>(bytes: Bytes) -> Result<Response<M>, Status> {
@@ -74,6 +78,14 @@ impl ReviewService for ReviewsGrpc {
     ) -> Result<Response<pb::ReviewMeta>, Status> {
         let product = ProductId::parse(request.get_ref().product_id)?;
         decode(self.service.get_review_meta::<Proto>(product).await?)
+    }
+
+    async fn get_product_rating(
+        &self,
+        request: Request<pb::GetProductRatingRequest>,
+    ) -> Result<Response<pb::ProductRating>, Status> {
+        let product = wire::v1_product(request.get_ref().product_id)?;
+        decode(self.service.get_product_rating::<Proto>(product).await?)
     }
 
     async fn create_review(

@@ -238,6 +238,37 @@ pub struct Meta {
     pub characteristics: Vec<CharacteristicMeta>,
 }
 
+/// A product's kept counts over its listable reviews: its aggregate rating.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rating {
+    /// Review counts for 1 to 5 stars.
+    pub ratings: [i64; 5],
+    pub recommended_false: i64,
+    pub recommended_true: i64,
+}
+
+impl Rating {
+    /// The number of listable reviews.
+    pub fn count(&self) -> i64 {
+        self.ratings.iter().sum()
+    }
+
+    /// The average star rating, exact to 16 digits; `None` without reviews.
+    pub fn average(&self) -> Option<String> {
+        let stars: i64 = (1..=5).zip(self.ratings).map(|(star, n)| star * n).sum();
+        format_average(stars, self.count())
+    }
+
+    /// The share of reviews that recommend the product, exact to 16 digits; `None` without
+    /// reviews.
+    pub fn recommend_ratio(&self) -> Option<String> {
+        format_average(
+            self.recommended_true,
+            self.recommended_true + self.recommended_false,
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CharacteristicMeta {
     pub id: i32,
@@ -268,6 +299,20 @@ pub fn format_average(sum: i64, count: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_aggregate_rating_is_exact() {
+        let rating = Rating {
+            ratings: [1, 0, 0, 1, 1],
+            recommended_false: 1,
+            recommended_true: 2,
+        };
+        assert_eq!(rating.count(), 3);
+        assert_eq!(rating.average().unwrap(), "3.3333333333333333");
+        assert_eq!(rating.recommend_ratio().unwrap(), "0.6666666666666667");
+        assert_eq!(Rating::default().average(), None);
+        assert_eq!(Rating::default().recommend_ratio(), None);
+    }
 
     #[test]
     fn averages_have_sixteen_rounded_digits() {

@@ -24,7 +24,7 @@ use crate::limits::{Action, Limiter, LimitsConfig};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::reviews::{
-    IdempotencyKey, ListQuery, Meta, NewReview, ProductId, Review, ReviewId, Voter,
+    IdempotencyKey, ListQuery, Meta, NewReview, ProductId, Rating, Review, ReviewId, Voter,
 };
 use crate::telemetry::{about_product, about_review, carried};
 
@@ -36,6 +36,7 @@ pub trait Encoding {
     const FORMAT: &'static str;
     fn list(query: &ListQuery, reviews: Vec<Review>) -> Bytes;
     fn meta(product: ProductId, meta: Meta) -> Bytes;
+    fn rating(product: ProductId, rating: Rating) -> Bytes;
 }
 
 /// What a call carries besides its message: the caller's request id, from HTTP headers or gRPC
@@ -167,6 +168,21 @@ impl Service {
         };
         self.read(Entry::Meta(product), E::FORMAT, load)
             .instrument(Context::read_span("GetReviewMeta"))
+            .await
+    }
+
+    /// A product's aggregate rating, as `E` sends it.
+    pub async fn get_product_rating<E: Encoding>(
+        &self,
+        product: ProductId,
+    ) -> Result<Bytes, Error> {
+        about_product(product.get());
+        let load = |needed| async move {
+            let rating = self.db.product_rating(needed, product).await?;
+            Ok(E::rating(product, rating))
+        };
+        self.read(Entry::Rating(product), E::FORMAT, load)
+            .instrument(Context::read_span("GetProductRating"))
             .await
     }
 

@@ -5,7 +5,7 @@
 use crate::error::{Error, FieldViolation};
 use crate::pb;
 use crate::reviews::{
-    ListQuery, Meta, NewReview, PageRequest, ProductId, RawNewReview, Review, Sort,
+    ListQuery, Meta, NewReview, PageRequest, ProductId, Rating, RawNewReview, Review, Sort,
 };
 
 /// Validates a list request, reporting a bad page, count and sort together.
@@ -106,4 +106,28 @@ pub fn review_meta(product: ProductId, meta: Meta) -> pb::ReviewMeta {
         recommended,
         characteristics,
     }
+}
+
+pub fn product_rating(product: ProductId, rating: Rating) -> pb::ProductRating {
+    // Counts of one product's reviews fit the proto's int32 (ids are int32 too).
+    let count = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    pb::ProductRating {
+        product_id: product.get(),
+        average_rating: rating.average(),
+        review_count: count(rating.count()),
+        recommend_ratio: rating.recommend_ratio(),
+        histogram: (1..=5)
+            .zip(rating.ratings)
+            .map(|(stars, n)| pb::StarCount {
+                rating: stars,
+                count: count(n),
+            })
+            .collect(),
+    }
+}
+
+/// The product id of a `v1` request: a field violation like any other (the legacy routes'
+/// plain-text error is theirs only).
+pub fn v1_product(raw: i32) -> Result<ProductId, Error> {
+    ProductId::parse(raw).map_err(|_| Error::invalid("product_id", "must be a positive integer"))
 }

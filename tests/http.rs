@@ -706,7 +706,7 @@ async fn served_routes_are_the_protos_annotations() {
             }
         }
     }
-    assert_eq!(annotated.len(), 5, "{annotated:?}");
+    assert_eq!(annotated.len(), 6, "{annotated:?}");
 
     let s = TestServer::sample().await;
     let doc: serde_json::Value =
@@ -725,9 +725,12 @@ async fn served_routes_are_the_protos_annotations() {
     served.sort();
     assert_eq!(served, annotated);
 
-    // And each annotated route reaches its RPC: an unknown review is NOT_FOUND only there.
+    // And each annotated route reaches its RPC: an unknown review is NOT_FOUND only there, an
+    // unknown product in the path has no reviews.
     for (_, method, path) in &annotated {
-        let concrete = path.replace("{review_id}", "424242");
+        let concrete = path
+            .replace("{review_id}", "424242")
+            .replace("{product_id}", "424242");
         let r = client()
             .request(
                 Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
@@ -740,6 +743,8 @@ async fn served_routes_are_the_protos_annotations() {
             .unwrap();
         let expected = if path.contains("{review_id}") {
             StatusCode::NOT_FOUND
+        } else if path.contains("{product_id}") {
+            StatusCode::OK
         } else {
             StatusCode::UNPROCESSABLE_ENTITY // no product_id given
         };

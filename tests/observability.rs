@@ -243,6 +243,7 @@ async fn check_monitoring(prometheus: &str, dir: &Path) {
         methods,
         [
             "CreateReview",
+            "GetProductRating",
             "GetReviewMeta",
             "ListReviews",
             "MarkReviewHelpful",

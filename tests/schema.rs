@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fresh_db, EMPTY_TEMPLATE, SAMPLE_TEMPLATE};
-use reviews::db::queries::{list_sql, META_SQL};
+use reviews::db::queries::{list_sql, META_SQL, RATING_SQL};
 use reviews::reviews::Sort;
 
 /// `table.column -> DieselType` for every column of the migrated database.
@@ -166,6 +166,22 @@ async fn the_author_check_is_an_index_probe() {
     .await;
     println!("author check:\n{plan}\n");
     assert!(plan.contains("reviews_author_idx"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aggregate_rating_is_one_row_of_kept_counts() {
+    let db = loaded_db().await;
+    let plan = explain(&db, RATING_SQL, &["1500"]).await;
+    println!("GetProductRating:\n{plan}\n");
+    assert!(
+        plan.contains("Index Scan using product_stats_pkey"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains(" on reviews"),
+        "no review rows are read:\n{plan}"
+    );
     assert!(!plan.contains("Seq Scan"), "{plan}");
 }
 

@@ -110,13 +110,14 @@ return -1
 pub enum Entry {
     List(ListQuery),
     Meta(ProductId),
+    Rating(ProductId),
 }
 
 impl Entry {
     fn product(&self) -> ProductId {
         match self {
             Entry::List(query) => query.product,
-            Entry::Meta(product) => *product,
+            Entry::Meta(product) | Entry::Rating(product) => *product,
         }
     }
 
@@ -132,13 +133,14 @@ impl Entry {
                 format!("list:{sort}:{}:{}:{format}", page.page(), page.size())
             }
             Entry::Meta(_) => format!("meta:{format}"),
+            Entry::Rating(_) => format!("rating:{format}"),
         }
     }
 
     fn cacheable(&self) -> bool {
         match self {
             Entry::List(query) => query.page.page() <= MAX_CACHED_PAGE,
-            Entry::Meta(_) => true,
+            Entry::Meta(_) | Entry::Rating(_) => true,
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::reviews::{
-    IdempotencyKey, Meta, NewReview, PageRequest, ProductId, Review, ReviewId, Sort, Voter,
+    IdempotencyKey, Meta, NewReview, PageRequest, ProductId, Rating, Review, ReviewId, Sort, Voter,
 };
 
 pub use self::config::DbConfig;
@@ -247,6 +247,18 @@ impl Db {
     ) -> Result<Meta, Error> {
         self.read("review_meta", needed, false, |conn| {
             queries::review_meta(conn, product).boxed()
+        })
+        .await
+    }
+
+    /// A product's aggregate rating, from a connection that has `needed`.
+    pub async fn product_rating(
+        &self,
+        needed: Option<Lsn>,
+        product: ProductId,
+    ) -> Result<Rating, Error> {
+        self.read("product_rating", needed, false, |conn| {
+            queries::product_rating(conn, product).boxed()
         })
         .await
     }

@@ -1,5 +1,5 @@
-//! The read queries. A list page is one round trip (reviews and their photos); the meta is one
-//! round trip over kept aggregates.
+//! The read queries. A list page is one round trip (reviews and their photos); the meta and the
+//! aggregate rating are one round trip each over kept aggregates.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Int2, Int4, Int8, Nullable, Text, Timestamptz};
@@ -7,7 +7,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::cached::cached;
 use crate::error::Error;
-use crate::reviews::{CharacteristicMeta, Meta, PageRequest, Photo, ProductId, Review, Sort};
+use crate::reviews::{
+    CharacteristicMeta, Meta, PageRequest, Photo, ProductId, Rating, Review, Sort,
+};
 
 /// The list query for each sort. Each sorts on exactly the key of its partial index, so a page
 /// is a range scan; photos are aggregated per listed review only.
@@ -214,4 +216,43 @@ pub async fn replayed_past(mut conn: &AsyncPgConnection, lsn: i64) -> Result<boo
     .get_result(&mut conn)
     .await?;
     Ok(r.replayed)
+}
+
+/// A product's aggregate rating: its row of kept counts, none for a product never reviewed.
+pub const RATING_SQL: &str = "
+    SELECT rating_1, rating_2, rating_3, rating_4, rating_5, recommended_false, recommended_true
+    FROM product_stats WHERE product_id = $1";
+
+#[derive(QueryableByName)]
+struct RatingRow {
+    #[diesel(sql_type = Int8)]
+    rating_1: i64,
+    #[diesel(sql_type = Int8)]
+    rating_2: i64,
+    #[diesel(sql_type = Int8)]
+    rating_3: i64,
+    #[diesel(sql_type = Int8)]
+    rating_4: i64,
+    #[diesel(sql_type = Int8)]
+    rating_5: i64,
+    #[diesel(sql_type = Int8)]
+    recommended_false: i64,
+    #[diesel(sql_type = Int8)]
+    recommended_true: i64,
+}
+
+pub async fn product_rating(
+    mut conn: &AsyncPgConnection,
+    product: ProductId,
+) -> Result<Rating, Error> {
+    let row: Option<RatingRow> =
+        cached(diesel::sql_query(RATING_SQL).bind::<Int4, _>(product.get()))
+            .get_result(&mut conn)
+            .await
+            .optional()?;
+    Ok(row.map_or_else(Rating::default, |r| Rating {
+        ratings: [r.rating_1, r.rating_2, r.rating_3, r.rating_4, r.rating_5],
+        recommended_false: r.recommended_false,
+        recommended_true: r.recommended_true,
+    }))
 }

@@ -16,7 +16,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use super::codec::{self, FromHttp, Seen, WriteJson};
-use super::response::{error_response, json_error};
+use super::response::{error_response, error_response_as, json_error, Errors};
 use crate::error::{Error, FieldViolation};
 use crate::service::Context;
 use crate::transport::Peer;
@@ -55,6 +55,17 @@ pub struct Route {
     pub segments: &'static [Segment],
     pub body: BodyRule,
     pub call: Call,
+}
+
+impl Route {
+    /// How this route answers errors: the `v1` routes are not bound by the legacy ones' text.
+    pub fn errors(&self) -> Errors {
+        if self.template.starts_with("/v1/") {
+            Errors::V1
+        } else {
+            Errors::Legacy
+        }
+    }
 }
 
 /// The method a request is routed by: HEAD is a GET without the body (hyper leaves it out).
@@ -184,6 +195,11 @@ pub struct Input<'a> {
 }
 
 impl Input<'_> {
+    /// How the route answers errors.
+    pub fn errors(&self) -> Errors {
+        self.route.errors()
+    }
+
     /// The request message from the path variables, the query string and the body, or the
     /// answer that lists every problem.
     pub async fn decode<M: FromHttp>(self) -> Result<M, Response> {
@@ -216,7 +232,10 @@ impl Input<'_> {
         if violations.is_empty() {
             Ok(message)
         } else {
-            Err(error_response(Error::Invalid(violations)))
+            Err(error_response_as(
+                Error::Invalid(violations),
+                self.route.errors(),
+            ))
         }
     }
 }
@@ -312,20 +331,24 @@ async fn read_json(
 const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
 
 /// `status` with the reply as JSON, or the error's answer.
-fn reply<T: WriteJson>(result: Result<Reply<T>, Error>, status: StatusCode) -> Response {
+fn reply<T: WriteJson>(
+    result: Result<Reply<T>, Error>,
+    status: StatusCode,
+    errors: Errors,
+) -> Response {
     let body = match result {
         Ok(Reply::Json(bytes)) => bytes,
         Ok(Reply::Message(message)) => to_json(&message),
-        Err(e) => return error_response(e),
+        Err(e) => return error_response_as(e, errors),
     };
     (status, [(CONTENT_TYPE, JSON)], body).into_response()
 }
 
 /// 204 with no body, or the error's answer.
-fn no_content(result: Result<(), Error>) -> Response {
+fn no_content(result: Result<(), Error>, errors: Errors) -> Response {
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => error_response(e),
+        Err(e) => error_response_as(e, errors),
     }
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::edge::{to_json, JsonApi, Reply};
 use crate::error::Error;
 use crate::pb;
-use crate::reviews::{ListQuery, Meta, ProductId, Review, ReviewId};
+use crate::reviews::{ListQuery, Meta, ProductId, Rating, Review, ReviewId};
 use crate::service::{Context, Encoding, Service};
 use crate::wire;
 
@@ -23,6 +23,10 @@ impl Encoding for Json {
 
     fn meta(product: ProductId, meta: Meta) -> Bytes {
         to_json(&wire::review_meta(product, meta))
+    }
+
+    fn rating(product: ProductId, rating: Rating) -> Bytes {
+        to_json(&wire::product_rating(product, rating))
     }
 }
 
@@ -59,6 +63,16 @@ impl JsonApi for JsonHandlers {
     ) -> Result<Reply<pb::ReviewMeta>, Error> {
         let product = ProductId::parse(request.product_id)?;
         let body = self.service.get_review_meta::<Json>(product).await?;
+        Ok(Reply::Json(body))
+    }
+
+    async fn get_product_rating(
+        &self,
+        _ctx: Context,
+        request: pb::GetProductRatingRequest,
+    ) -> Result<Reply<pb::ProductRating>, Error> {
+        let product = wire::v1_product(request.product_id)?;
+        let body = self.service.get_product_rating::<Json>(product).await?;
         Ok(Reply::Json(body))
     }
 

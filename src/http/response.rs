@@ -20,17 +20,38 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, [(CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }
 
+/// How a route answers errors: the legacy routes' invalid `product_id` is the plain text their
+/// clients match; the `v1` routes answer it as any other field violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Errors {
+    Legacy,
+    V1,
+}
+
 pub fn error_response(e: Error) -> Response {
     status_response(&Status::from(e))
 }
 
-/// The HTTP answer for a gRPC status; field violations are listed as `fields`.
+/// The answer for `e` on a route that answers errors as `errors` says.
+pub fn error_response_as(e: Error, errors: Errors) -> Response {
+    status_response_as(&Status::from(e), errors)
+}
+
+/// The HTTP answer for a gRPC status on a legacy route.
 pub fn status_response(status: &Status) -> Response {
+    status_response_as(status, Errors::Legacy)
+}
+
+/// The HTTP answer for a gRPC status; field violations are listed as `fields`.
+pub fn status_response_as(status: &Status, errors: Errors) -> Response {
     let fields: Vec<_> = status
         .get_details_bad_request()
         .map(|b| b.field_violations)
         .unwrap_or_default();
-    if status.code() == Code::InvalidArgument && fields.iter().any(|f| f.field == "product_id") {
+    if errors == Errors::Legacy
+        && status.code() == Code::InvalidArgument
+        && fields.iter().any(|f| f.field == "product_id")
+    {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             [(
