@@ -1,7 +1,7 @@
 //! The `v1` API beside the legacy one, on the built `reviews serve` with Redis: the aggregate
 //! rating (`GET /v1/products/{product_id}/rating`, `GetProductRating`), exact against
-//! PostgreSQL's own arithmetic over the sample's reviews, the same over JSON and gRPC, and never
-//! stale after a write.
+//! PostgreSQL's own arithmetic over the sample's reviews, the same over JSON, gRPC and gRPC-Web,
+//! and never stale after a write.
 
 mod common;
 
@@ -92,6 +92,25 @@ async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
             assert_eq!(as_json(&reply), want, "gRPC, product {product}");
         }
     }
+    // gRPC-Web, as a browser sends it: the same message in the first frame of the body.
+    let answered = http
+        .post(format!(
+            "http://{addr}/reviews.v1.ReviewService/GetProductRating"
+        ))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(sandbox::grpc_web_frame(&pb::GetProductRatingRequest {
+            product_id: 2,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    let body = answered.bytes().await.unwrap();
+    assert_eq!(body[0], 0, "a data frame first");
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    let web = <pb::ProductRating as prost::Message>::decode(&body[5..5 + len]).unwrap();
+    assert_eq!(as_json(&web), expected(&db, 2).await, "gRPC-Web");
     // The bytes, as the README shows them.
     assert_eq!(
         get_text(&http, &rating_url(2)).await,
