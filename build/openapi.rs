@@ -160,6 +160,12 @@ fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) 
     }
     let mut single = kind_schema(&field.kind(), schemas);
     bounds(field, &mut single);
+    if option(field, "saturating") == Some(json!(true)) {
+        // Any integer is read, those past the 32-bit range as its nearest end.
+        if let Some(schema) = single.as_object_mut() {
+            schema.remove("format");
+        }
+    }
     if field.is_list() {
         let mut list = json!({"type": "array", "items": single});
         if let Some(n) = option(field, "max_items") {
@@ -200,6 +206,7 @@ fn option(field: &FieldDescriptor, name: &str) -> Option<Value> {
         prost_reflect::Value::I64(n) => json!(n),
         prost_reflect::Value::U32(n) => json!(n),
         prost_reflect::Value::String(s) => json!(s),
+        prost_reflect::Value::Bool(b) => json!(b),
         other => panic!(
             "{}: unexpected value {other:?} of {name}",
             field.full_name()
@@ -226,8 +233,10 @@ fn kind_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>) -> Value {
             let mut names = enum_short_names(e);
             let prefix = enum_prefix(e);
             names.extend(e.values().map(|v| v.name().to_string()));
-            json!({"type": "string", "enum": names,
-                   "description": format!("{} values; the {prefix} prefix may be left out, in lower case", e.name())})
+            // By name, or by number as the proto JSON mapping allows.
+            let numbers: Vec<i32> = e.values().map(|v| v.number()).collect();
+            json!({"oneOf": [{"type": "string", "enum": names}, {"type": "integer", "enum": numbers}],
+                   "description": format!("{} values, by name or number; the {prefix} prefix may be left out, in lower case", e.name())})
         }
         Kind::Message(m) => match (wrapped_kind(m), m.full_name()) {
             (Some(inner), _) => {

@@ -127,4 +127,11 @@ impl ReviewService for Fixed {
     ) -> Result<Response<pb::ProductRating>, Status> {
         Err(Status::unimplemented("floor"))
     }
+
+    async fn list_product_reviews(
+        &self,
+        _: Request<pb::ListProductReviewsRequest>,
+    ) -> Result<Response<pb::ListProductReviewsResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
 }

@@ -47,6 +47,12 @@ impl Encoding for Proto {
     fn rating(product: ProductId, rating: Rating) -> Bytes {
         wire::product_rating(product, rating).encode_to_vec().into()
     }
+
+    fn page(reviews: Vec<Review>, next_page_token: String, total: i64) -> Bytes {
+        wire::page_response(reviews, next_page_token, total)
+            .encode_to_vec()
+            .into()
+    }
 }
 
 fn decode<M: Message + Default>(bytes: Bytes) -> Result<Response<M>, Status> {
@@ -86,6 +92,14 @@ impl ReviewService for ReviewsGrpc {
     ) -> Result<Response<pb::ProductRating>, Status> {
         let product = wire::v1_product(request.get_ref().product_id)?;
         decode(self.service.get_product_rating::<Proto>(product).await?)
+    }
+
+    async fn list_product_reviews(
+        &self,
+        request: Request<pb::ListProductReviewsRequest>,
+    ) -> Result<Response<pb::ListProductReviewsResponse>, Status> {
+        let query = wire::page_query(request.into_inner())?;
+        decode(self.service.list_product_reviews::<Proto>(query).await?)
     }
 
     async fn create_review(

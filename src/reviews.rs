@@ -2,6 +2,12 @@
 //! types at the edge; past it an invalid product id, page or review cannot exist.
 
 mod new_review;
+mod page;
+
+pub use page::{
+    page_size, Filter, Page, PageQuery, Position, RawPageQuery, StarCounts, Tokens, MAX_RATINGS,
+    MAX_TOKEN_CHARS,
+};
 
 pub use new_review::{
     NewReview, RawNewReview, MAX_BODY_CHARS, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_PHOTOS,

@@ -24,7 +24,8 @@ use crate::limits::{Action, Limiter, LimitsConfig};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::reviews::{
-    IdempotencyKey, ListQuery, Meta, NewReview, ProductId, Rating, Review, ReviewId, Voter,
+    IdempotencyKey, ListQuery, Meta, NewReview, ProductId, Rating, RawPageQuery, Review, ReviewId,
+    Tokens, Voter,
 };
 use crate::telemetry::{about_product, about_review, carried};
 
@@ -37,6 +38,7 @@ pub trait Encoding {
     fn list(query: &ListQuery, reviews: Vec<Review>) -> Bytes;
     fn meta(product: ProductId, meta: Meta) -> Bytes;
     fn rating(product: ProductId, rating: Rating) -> Bytes;
+    fn page(reviews: Vec<Review>, next_page_token: String, total: i64) -> Bytes;
 }
 
 /// What a call carries besides its message: the caller's request id, from HTTP headers or gRPC
@@ -103,6 +105,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// The HMAC key voter names are kept under.
     voter_key: Arc<[u8]>,
+    /// Makes and checks the v1 list's page tokens.
+    tokens: Tokens,
     limiter: Arc<Limiter>,
     one_review_per_email: bool,
     #[cfg(feature = "test-hooks")]
@@ -117,6 +121,7 @@ impl Service {
             db,
             cache,
             metrics,
+            tokens: Tokens::new(&rules.voter_key),
             voter_key: rules.voter_key.into(),
             #[cfg(feature = "test-hooks")]
             hooks: Hooks::default(),
@@ -183,6 +188,28 @@ impl Service {
         };
         self.read(Entry::Rating(product), E::FORMAT, load)
             .instrument(Context::read_span("GetProductRating"))
+            .await
+    }
+
+    /// A v1 page of a product's listable reviews that match a filter, with the filter's total
+    /// and the next page's token, as `E` sends it. A token that is not this list's is
+    /// `Invalid`.
+    pub async fn list_product_reviews<E: Encoding>(
+        &self,
+        raw: RawPageQuery,
+    ) -> Result<Bytes, Error> {
+        about_product(raw.product.get());
+        let query = self.tokens.decode(raw)?;
+        let load = |needed| async move {
+            let page = self.db.list_page(needed, query).await?;
+            let next = page
+                .next
+                .map(|at| self.tokens.encode(&query, at))
+                .unwrap_or_default();
+            Ok(E::page(page.reviews, next, page.total))
+        };
+        self.read(Entry::Page(query), E::FORMAT, load)
+            .instrument(Context::read_span("ListProductReviews"))
             .await
     }
 

@@ -5,14 +5,13 @@
 use crate::error::{Error, FieldViolation};
 use crate::pb;
 use crate::reviews::{
-    ListQuery, Meta, NewReview, PageRequest, ProductId, Rating, RawNewReview, Review, Sort,
+    page_size, Filter, ListQuery, Meta, NewReview, PageRequest, ProductId, Rating, RawNewReview,
+    RawPageQuery, Review, Sort, MAX_TOKEN_CHARS,
 };
 
-/// Validates a list request, reporting a bad page, count and sort together.
-pub fn list_query(req: &pb::ListReviewsRequest) -> Result<ListQuery, Error> {
-    let product = ProductId::parse(req.product_id)?;
-    let page = PageRequest::parse(req.page, req.count);
-    let sort = match pb::Sort::try_from(req.sort) {
+/// The order a request names.
+fn sort(raw: i32) -> Result<Sort, FieldViolation> {
+    match pb::Sort::try_from(raw) {
         Ok(pb::Sort::Unspecified | pb::Sort::Relevant) => Ok(Sort::Relevant),
         Ok(pb::Sort::Newest) => Ok(Sort::Newest),
         Ok(pb::Sort::Helpful) => Ok(Sort::Helpful),
@@ -20,7 +19,14 @@ pub fn list_query(req: &pb::ListReviewsRequest) -> Result<ListQuery, Error> {
             "sort",
             "must be one of relevant, newest, helpful",
         )),
-    };
+    }
+}
+
+/// Validates a list request, reporting a bad page, count and sort together.
+pub fn list_query(req: &pb::ListReviewsRequest) -> Result<ListQuery, Error> {
+    let product = ProductId::parse(req.product_id)?;
+    let page = PageRequest::parse(req.page, req.count);
+    let sort = sort(req.sort);
     match (page, sort) {
         (Ok(page), Ok(sort)) => Ok(ListQuery {
             product,
@@ -32,6 +38,54 @@ pub fn list_query(req: &pb::ListReviewsRequest) -> Result<ListQuery, Error> {
             violations.extend(sort.err());
             Err(Error::Invalid(violations))
         }
+    }
+}
+
+/// Validates a v1 list request, reporting every bad field together (its token is checked by
+/// the service, which holds the key).
+pub fn page_query(req: pb::ListProductReviewsRequest) -> Result<RawPageQuery, Error> {
+    let product = v1_product(req.product_id);
+    let size = page_size(req.page_size);
+    let sort = sort(req.sort);
+    let filter = Filter::parse(&req.rating, req.has_photos);
+    let token = if req.page_token.len() <= MAX_TOKEN_CHARS {
+        Ok(req.page_token)
+    } else {
+        Err(FieldViolation::new(
+            "page_token",
+            format!("must be at most {MAX_TOKEN_CHARS} characters"),
+        ))
+    };
+    match (product, size, sort, filter, token) {
+        (Ok(product), Ok(size), Ok(sort), Ok(filter), Ok(token)) => Ok(RawPageQuery {
+            product,
+            sort,
+            filter,
+            size,
+            token,
+        }),
+        (product, size, sort, filter, token) => {
+            let mut violations = product.err().map(|e| e.violations()).unwrap_or_default();
+            violations.extend(size.err());
+            violations.extend(sort.err());
+            violations.extend(filter.err());
+            violations.extend(token.err());
+            Err(Error::Invalid(violations))
+        }
+    }
+}
+
+/// A v1 page as the wire message.
+pub fn page_response(
+    reviews: Vec<Review>,
+    next_page_token: String,
+    total: i64,
+) -> pb::ListProductReviewsResponse {
+    pb::ListProductReviewsResponse {
+        reviews: reviews.into_iter().map(review).collect(),
+        next_page_token,
+        // Counts of one product's reviews fit the proto's int32 (ids are int32 too).
+        total_size: i32::try_from(total).unwrap_or(i32::MAX),
     }
 }
 

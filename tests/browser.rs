@@ -1,6 +1,6 @@
 //! A real browser (headless Chromium, driven by playwright-core) loads a page from another local
 //! origin whose bundled Connect client calls the service over gRPC-Web (binary), and whose own
-//! fetch makes a gRPC-Web text-mode call.
+//! fetch makes a gRPC-Web text-mode call; it also walks a filtered v1 list by its cursor.
 //! `scripts/test` installs Chromium and the page's npm packages.
 
 mod common;
@@ -41,6 +41,11 @@ async fn a_browser_lists_creates_and_reads_meta_over_grpc_web() {
         "the page has another origin"
     );
     assert_eq!(r["listed"], serde_json::json!([3, 4, 5]));
+    // Reviews 3 and 4 have four stars, 5 has three: a cursor walk of two one-review pages.
+    assert_eq!(
+        r["filteredWalk"],
+        serde_json::json!({"ids": [3, 4], "totals": [2, 2], "pages": 2})
+    );
     assert_eq!(r["firstDateMillis"], 1_609_325_851_021i64);
     let id = r["createdId"].as_i64().unwrap();
     assert!(id > 149);

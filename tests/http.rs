@@ -706,7 +706,7 @@ async fn served_routes_are_the_protos_annotations() {
             }
         }
     }
-    assert_eq!(annotated.len(), 6, "{annotated:?}");
+    assert_eq!(annotated.len(), 7, "{annotated:?}");
 
     let s = TestServer::sample().await;
     let doc: serde_json::Value =
@@ -829,6 +829,23 @@ fn the_openapi_document_states_the_validators_bounds() {
         "count is clamped, not refused, above {}",
         r::MAX_PAGE_SIZE
     );
+    let v1_list = doc["paths"]["/v1/products/{product_id}/reviews"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let v1 = |name: &str| &v1_list.iter().find(|p| p["name"] == name).unwrap()["schema"];
+    assert_eq!(v1("product_id")["minimum"], 1);
+    assert_eq!(v1("rating")["maxItems"], n(r::MAX_RATINGS));
+    assert_eq!(
+        (
+            &v1("rating")["items"]["minimum"],
+            &v1("rating")["items"]["maximum"]
+        ),
+        (&n(1), &n(5))
+    );
+    assert_eq!(v1("page_size")["minimum"], 0);
+    assert!(v1("page_size")["maximum"].is_null() && v1("page_size")["format"].is_null());
+    assert_eq!(v1("page_token")["maxLength"], n(r::MAX_TOKEN_CHARS));
+    assert_eq!(v1("has_photos")["type"], "boolean");
     let helpful = &doc["paths"]["/reviews/{review_id}/helpful"]["put"];
     assert_eq!(helpful["parameters"][0]["schema"]["minimum"], 1);
     assert!(helpful["responses"]["429"].is_object());

@@ -245,6 +245,7 @@ async fn check_monitoring(prometheus: &str, dir: &Path) {
             "CreateReview",
             "GetProductRating",
             "GetReviewMeta",
+            "ListProductReviews",
             "ListReviews",
             "MarkReviewHelpful",
             "ReportReview"

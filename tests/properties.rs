@@ -158,6 +158,7 @@ enum Op {
         recommend: bool,
         fit: i32,
         size: i32,
+        photo: bool,
     },
     /// Reports the created review with this index (modulo how many exist), if any.
     Report(usize),
@@ -165,9 +166,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1..=5i32, any::<bool>(), 1..=5i32, 1..=5i32).prop_map(|(rating, recommend, fit, size)| {
-            Op::Create { rating, recommend, fit, size }
-        }),
+        3 => (1..=5i32, any::<bool>(), 1..=5i32, 1..=5i32, any::<bool>()).prop_map(
+            |(rating, recommend, fit, size, photo)| Op::Create { rating, recommend, fit, size, photo }
+        ),
         1 => (0usize..64).prop_map(Op::Report),
     ]
 }
@@ -189,8 +190,8 @@ async fn meta_after(ops: Vec<Op>, groups: Vec<usize>) {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // (id, rating, recommend, fit, size, reported) of every review created.
-    let mut made: Vec<(i32, i32, bool, i32, i32, bool)> = Vec::new();
+    // (id, rating, recommend, fit, size, reported, with a photo) of every review created.
+    let mut made: Vec<(i32, i32, bool, i32, i32, bool, bool)> = Vec::new();
     let mut ops = ops.into_iter().peekable();
     let mut sizes = groups.into_iter().cycle();
     while ops.peek().is_some() {
@@ -210,6 +211,7 @@ async fn meta_after(ops: Vec<Op>, groups: Vec<usize>) {
                         recommend,
                         fit,
                         size,
+                        photo,
                     } => {
                         let id = client
                             .create_review(pb::CreateReviewRequest {
@@ -222,14 +224,18 @@ async fn meta_after(ops: Vec<Op>, groups: Vec<usize>) {
                                 recommend,
                                 name: "prop".into(),
                                 email: "prop@example.com".into(),
-                                photos: vec![],
+                                photos: if photo {
+                                    vec!["https://images.example.com/p.jpg".into()]
+                                } else {
+                                    vec![]
+                                },
                                 characteristics: HashMap::from([(chars[0], fit), (chars[1], size)]),
                             })
                             .await
                             .unwrap()
                             .into_inner()
                             .review_id;
-                        Some((id, rating, recommend, fit, size, false))
+                        Some((id, rating, recommend, fit, size, false, photo))
                     }
                     Op::Report(_) => {
                         if let Some(id) = target {
@@ -238,7 +244,7 @@ async fn meta_after(ops: Vec<Op>, groups: Vec<usize>) {
                                 .await
                                 .unwrap();
                         }
-                        target.map(|id| (id, 0, false, 0, 0, true))
+                        target.map(|id| (id, 0, false, 0, 0, true, false))
                     }
                 }
             }
@@ -249,7 +255,7 @@ async fn meta_after(ops: Vec<Op>, groups: Vec<usize>) {
             .flatten()
         {
             match outcome {
-                (id, _, _, _, _, true) => {
+                (id, _, _, _, _, true, _) => {
                     for m in made.iter_mut().filter(|m| m.0 == id) {
                         m.5 = true;
                     }
@@ -296,4 +302,30 @@ async fn meta_after(ops: Vec<Op>, groups: Vec<usize>) {
         ("Size".to_string(), (chars[1], size)),
     ]);
     assert_eq!(got, expected);
+
+    // The v1 list's totals, kept per star with and without photos, equal the same recount.
+    for stars in [vec![], vec![1], vec![2, 5], vec![3, 4]] {
+        for photos in [None, Some(true), Some(false)] {
+            let want = listable
+                .iter()
+                .filter(|m| stars.is_empty() || stars.contains(&m.1))
+                .filter(|m| photos.is_none_or(|p| p == m.6))
+                .count();
+            let page = s
+                .client
+                .clone()
+                .list_product_reviews(pb::ListProductReviewsRequest {
+                    product_id: product,
+                    page_size: 1000,
+                    rating: stars.clone(),
+                    has_photos: photos,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.total_size as usize, want, "{stars:?} {photos:?}");
+            assert_eq!(page.reviews.len(), want, "{stars:?} {photos:?}");
+        }
+    }
 }

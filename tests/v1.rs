@@ -59,17 +59,20 @@ fn as_json(r: &pb::ProductRating) -> serde_json::Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
+/// The built `reviews serve` on a fresh copy of the sample, with Redis (keys under `tag`) and no
+/// rate limits, and a connection to its database.
+async fn served(tag: &str) -> (tokio_postgres::Client, sandbox::Proc, std::net::SocketAddr) {
     let db_url = fresh_db(SAMPLE_TEMPLATE).await;
     let db = sql(&db_url).await;
-    let prefix = format!("v1-rating-{}", std::process::id());
-    let (server, addr) = sandbox::started(&mut sandbox::serve(
-        &db_url,
-        &prefix,
-        &["--rate-limit", "off"],
-    ))
-    .await;
+    let prefix = format!("{tag}-{}", std::process::id());
+    let mut serve = sandbox::serve(&db_url, &prefix, &["--rate-limit", "off"]);
+    let (server, addr) = sandbox::started(&mut serve).await;
+    (db, server, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
+    let (db, server, addr) = served("v1-rating").await;
     let http = reqwest::Client::new();
     let mut grpc = ReviewServiceClient::new(common::channel(addr).await);
     let rating_url = |p: i32| format!("http://{addr}/v1/products/{p}/rating");
@@ -178,6 +181,319 @@ async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert_eq!(common::violation_fields(&refused), ["product_id"]);
+
+    sandbox::stop(server).await;
+}
+
+/// The v1 list's orders, as SQL over the review rows: the oracle of the walks below.
+fn order_by(sort: &str) -> &'static str {
+    match sort {
+        "newest" => "date DESC, id DESC",
+        "helpful" => "helpfulness DESC, date DESC, id DESC",
+        _ => "relevance DESC, date DESC, id DESC",
+    }
+}
+
+/// The ids a filtered list must show, in order, computed from the review and photo rows (not
+/// from the has_photos column or the kept counts the service reads).
+async fn expected_ids(
+    db: &tokio_postgres::Client,
+    product: i32,
+    sort: &str,
+    stars: &[i16],
+    photos: Option<bool>,
+) -> Vec<i32> {
+    let stars: Vec<i16> = if stars.is_empty() {
+        (1..=5).collect()
+    } else {
+        stars.to_vec()
+    };
+    db.query(
+        &format!(
+            "SELECT id FROM reviews r
+             WHERE product_id = $1 AND NOT reported AND rating = ANY($2)
+               AND ($3::bool IS NULL
+                    OR EXISTS (SELECT 1 FROM reviews_photos p WHERE p.review_id = r.id) = $3)
+             ORDER BY {}",
+            order_by(sort)
+        ),
+        &[&product, &stars, &photos],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Walks a v1 list over JSON from its first page to its last: the ids in order, and the
+/// `total_size` of every page. `between` runs after each page.
+async fn walk(
+    http: &reqwest::Client,
+    url: &str,
+    size: usize,
+    mut between: impl AsyncFnMut(usize),
+) -> (Vec<i32>, Vec<i64>) {
+    let (mut ids, mut totals, mut token) = (Vec::new(), Vec::new(), String::new());
+    for page in 0.. {
+        let text = get_text(http, &format!("{url}&page_size={size}&page_token={token}")).await;
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let reviews = body["reviews"].as_array().unwrap();
+        assert!(reviews.len() <= size, "{url}: page {page} is too long");
+        ids.extend(
+            reviews
+                .iter()
+                .map(|r| r["review_id"].as_i64().unwrap() as i32),
+        );
+        totals.push(body["total_size"].as_i64().unwrap());
+        token = body["next_page_token"].as_str().unwrap().to_string();
+        if token.is_empty() {
+            break;
+        }
+        assert_eq!(reviews.len(), size, "{url}: only the last page is short");
+        between(page).await;
+    }
+    (ids, totals)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filtered_lists_page_by_cursor_with_exact_totals() {
+    let (db, server, addr) = served("v1-list").await;
+    let http = reqwest::Client::new();
+    let product = 3;
+
+    // 45 more reviews of product 3 through the service: every star, a photo on every third,
+    // then votes (ties in helpfulness) and reports; and dates cut to the second, so that dates
+    // tie too and the id decides.
+    let meta: serde_json::Value = serde_json::from_str(
+        &get_text(
+            &http,
+            &format!("http://{addr}/reviews/meta?product_id={product}"),
+        )
+        .await,
+    )
+    .unwrap();
+    let characteristics: serde_json::Map<String, serde_json::Value> = meta["characteristics"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| (c["id"].to_string(), serde_json::json!(4)))
+        .collect();
+    let post = |i: usize| {
+        let photos: Vec<String> = if i.is_multiple_of(3) {
+            vec![format!("https://images.example.com/{i}.jpg")]
+        } else {
+            Vec::new()
+        };
+        let review = serde_json::json!({
+            "product_id": product, "rating": 1 + i % 5, "summary": format!("review {i}"),
+            "recommend": i.is_multiple_of(2), "photos": photos, "name": "walker",
+            "body": "a body long enough to be a valid review, fifty characters at least",
+            "email": format!("walker{i}@example.com"), "characteristics": characteristics.clone()
+        });
+        async move {
+            let created = sandbox::post_review(addr, &[], &review).await;
+            let status = created.status();
+            let body: serde_json::Value =
+                serde_json::from_slice(&created.bytes().await.unwrap()).unwrap();
+            assert_eq!(status, 201, "{body}");
+            body["review_id"].as_i64().unwrap() as i32
+        }
+    };
+    let mut created = Vec::new();
+    for i in 0..45 {
+        created.push(post(i).await);
+    }
+    db.execute(
+        "UPDATE reviews SET date = date_trunc('second', date) WHERE product_id = $1",
+        &[&product],
+    )
+    .await
+    .unwrap();
+    for (i, id) in created.iter().enumerate() {
+        for _ in 0..i % 4 {
+            let voted = http
+                .put(format!("http://{addr}/reviews/{id}/helpful"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(voted.status(), 204);
+        }
+        if i % 11 == 5 {
+            let reported = http
+                .put(format!("http://{addr}/reviews/{id}/report"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reported.status(), 204);
+        }
+    }
+
+    // Every sort under every kind of filter: the pages partition the list the rows define, in
+    // its order, and every page says the filter's exact total. Twice, so the first pages come
+    // from the cache the second time.
+    let filters: [(&str, &[i16], Option<bool>); 6] = [
+        ("", &[], None),
+        ("&rating=5", &[5], None),
+        ("&rating=1&rating=2", &[1, 2], None),
+        ("&has_photos=true", &[], Some(true)),
+        ("&has_photos=false", &[], Some(false)),
+        ("&rating=4&rating=3&has_photos=true", &[3, 4], Some(true)),
+    ];
+    for sort in ["relevant", "newest", "helpful"] {
+        for (query, stars, photos) in filters {
+            let want = expected_ids(&db, product, sort, stars, photos).await;
+            assert!(!want.is_empty(), "{sort}{query}: the data has such reviews");
+            let url = format!("http://{addr}/v1/products/{product}/reviews?sort={sort}{query}");
+            for size in [4, 7] {
+                let (ids, totals) = walk(&http, &url, size, async |_| {}).await;
+                assert_eq!(ids, want, "{url}, page_size {size}");
+                assert!(
+                    totals.iter().all(|&t| t == want.len() as i64),
+                    "{url}: totals {totals:?}, {} match",
+                    want.len()
+                );
+            }
+        }
+    }
+
+    // Reviews posted during a walk: none is shown twice, and every review there was at the
+    // start is shown once. In `newest` they land before the position, unseen; in `helpful`,
+    // with no votes, after it, and are shown once.
+    for (round, sort) in ["newest", "helpful"].into_iter().enumerate() {
+        let before = expected_ids(&db, product, sort, &[], None).await;
+        let url = format!("http://{addr}/v1/products/{product}/reviews?sort={sort}");
+        let mut posted = Vec::new();
+        let (ids, _) = walk(&http, &url, 5, async |page| {
+            if page < 3 {
+                posted.push(post(100 + 10 * round + page).await);
+            }
+        })
+        .await;
+        let mut seen = ids.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            ids.len(),
+            "{sort}: a review shown twice: {ids:?}"
+        );
+        assert!(
+            before.iter().all(|id| ids.contains(id)),
+            "{sort}: a review skipped"
+        );
+        let new_seen = ids.iter().filter(|id| posted.contains(id)).count();
+        match sort {
+            "newest" => assert_eq!(new_seen, 0, "newer reviews land before the position"),
+            _ => assert_eq!(new_seen, posted.len(), "unvoted reviews land after it"),
+        }
+    }
+
+    // gRPC and gRPC-Web walk the same lists.
+    let mut grpc = ReviewServiceClient::new(common::channel(addr).await);
+    let want = expected_ids(&db, product, "helpful", &[3, 4], Some(true)).await;
+    let (mut ids, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = grpc
+            .list_product_reviews(pb::ListProductReviewsRequest {
+                product_id: product,
+                page_size: 2,
+                page_token: token,
+                sort: pb::Sort::Helpful as i32,
+                rating: vec![3, 4],
+                has_photos: Some(true),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.total_size as usize, want.len());
+        ids.extend(page.reviews.iter().map(|r| r.review_id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(ids, want, "gRPC");
+    let answered = http
+        .post(format!(
+            "http://{addr}/reviews.v1.ReviewService/ListProductReviews"
+        ))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(sandbox::grpc_web_frame(&pb::ListProductReviewsRequest {
+            product_id: product,
+            page_size: 3,
+            rating: vec![5],
+            ..Default::default()
+        }))
+        .send()
+        .await
+        .unwrap();
+    let body = answered.bytes().await.unwrap();
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    let web =
+        <pb::ListProductReviewsResponse as prost::Message>::decode(&body[5..5 + len]).unwrap();
+    let want = expected_ids(&db, product, "relevant", &[5], None).await;
+    let web_ids: Vec<i32> = web.reviews.iter().map(|r| r.review_id).collect();
+    assert_eq!(web_ids, want[..3], "gRPC-Web");
+    assert_eq!(web.total_size as usize, want.len());
+
+    // Bad parameters and tokens: 422 naming the field, INVALID_ARGUMENT over gRPC; never a page.
+    let first: serde_json::Value = serde_json::from_str(
+        &get_text(
+            &http,
+            &format!("http://{addr}/v1/products/{product}/reviews?rating=5&page_size=2"),
+        )
+        .await,
+    )
+    .unwrap();
+    let token = first["next_page_token"].as_str().unwrap().to_string();
+    let mut tampered = token.clone().into_bytes();
+    tampered[10] = if tampered[10] == b'x' { b'y' } else { b'x' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let base = format!("http://{addr}/v1/products/{product}/reviews?");
+    for (query, field) in [
+        (format!("rating=5&page_token={tampered}"), "page_token"),
+        (format!("rating=4&page_token={token}"), "page_token"),
+        (
+            format!("rating=5&sort=newest&page_token={token}"),
+            "page_token",
+        ),
+        ("page_token=AAAA".to_string(), "page_token"),
+        (format!("page_token={}", "A".repeat(200)), "page_token"),
+        ("rating=0".to_string(), "rating"),
+        ("rating=6".to_string(), "rating"),
+        (
+            "rating=1&rating=2&rating=3&rating=4&rating=5&rating=5".to_string(),
+            "rating",
+        ),
+        ("page_size=-1".to_string(), "page_size"),
+        ("has_photos=yes".to_string(), "has_photos"),
+        ("sort=best".to_string(), "sort"),
+    ] {
+        let r = http.get(format!("{base}{query}")).send().await.unwrap();
+        assert_eq!(r.status(), 422, "{query}");
+        let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert!(
+            body["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["field"] == field),
+            "{query}: {body}"
+        );
+    }
+    let refused = grpc
+        .list_product_reviews(pb::ListProductReviewsRequest {
+            product_id: product,
+            rating: vec![5],
+            page_token: tampered,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(common::violation_fields(&refused), ["page_token"]);
 
     sandbox::stop(server).await;
 }

@@ -46,7 +46,7 @@ use self::breaker::Breaker;
 use self::doorkeeper::Doorkeeper;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::reviews::{ListQuery, ProductId, Sort};
+use crate::reviews::{ListQuery, PageQuery, ProductId, Sort};
 
 /// List pages past this one are not cached, which bounds the fields per product.
 pub const MAX_CACHED_PAGE: u32 = 20;
@@ -111,12 +111,15 @@ pub enum Entry {
     List(ListQuery),
     Meta(ProductId),
     Rating(ProductId),
+    /// A v1 page: cached from the start of a list only (a cursor's position is one reader's).
+    Page(PageQuery),
 }
 
 impl Entry {
     fn product(&self) -> ProductId {
         match self {
             Entry::List(query) => query.product,
+            Entry::Page(query) => query.product,
             Entry::Meta(product) | Entry::Rating(product) => *product,
         }
     }
@@ -125,23 +128,34 @@ impl Entry {
     fn field(&self, format: &str) -> String {
         match self {
             Entry::List(ListQuery { page, sort, .. }) => {
-                let sort = match sort {
-                    Sort::Relevant => "relevant",
-                    Sort::Newest => "newest",
-                    Sort::Helpful => "helpful",
-                };
+                let sort = sort_name(*sort);
                 format!("list:{sort}:{}:{}:{format}", page.page(), page.size())
             }
             Entry::Meta(_) => format!("meta:{format}"),
             Entry::Rating(_) => format!("rating:{format}"),
+            Entry::Page(query) => format!(
+                "page:{}:{}:{}:{format}",
+                sort_name(query.sort),
+                query.filter.key(),
+                query.size
+            ),
         }
     }
 
     fn cacheable(&self) -> bool {
         match self {
             Entry::List(query) => query.page.page() <= MAX_CACHED_PAGE,
+            Entry::Page(query) => query.after.is_none(),
             Entry::Meta(_) | Entry::Rating(_) => true,
         }
+    }
+}
+
+fn sort_name(sort: Sort) -> &'static str {
+    match sort {
+        Sort::Relevant => "relevant",
+        Sort::Newest => "newest",
+        Sort::Helpful => "helpful",
     }
 }
 

@@ -25,7 +25,8 @@ use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::reviews::{
-    IdempotencyKey, Meta, NewReview, PageRequest, ProductId, Rating, Review, ReviewId, Sort, Voter,
+    IdempotencyKey, Meta, NewReview, Page, PageQuery, PageRequest, Position, ProductId, Rating,
+    Review, ReviewId, Sort, Voter,
 };
 
 pub use self::config::DbConfig;
@@ -125,6 +126,8 @@ pub struct Db {
     /// only when a replica has replayed that far (see `read_lane`).
     replicas: Option<Arc<Lanes>>,
     timeout: Duration,
+    /// How many times a read whose connection broke runs again (see `read`).
+    retries: u32,
     metrics: Arc<Metrics>,
 }
 
@@ -153,6 +156,7 @@ impl Db {
             primary,
             replicas,
             timeout: cfg.query_timeout,
+            retries: cfg.pool_size + 1,
             metrics,
         }
     }
@@ -209,9 +213,10 @@ impl Db {
             if matches!(result, Err(Error::Unavailable(_))) {
                 lanes.retire(&lane);
                 // On connections of its own, not another lane: what breaks one (a restart)
-                // breaks them all. Twice: an idle connection checked out just as it broke (the
-                // pool has not yet seen it close) fails too.
-                for _ in 0..2 {
+                // breaks them all. Up to once per pooled connection and once more: each idle
+                // connection checked out just as it broke (before the pool saw it close) fails
+                // at once and is discarded; all of it within the read's one deadline.
+                for _ in 0..self.retries {
                     let (own, _) = self.read_lane(needed, true).await?;
                     result = query(&own).await;
                     if !matches!(result, Err(Error::Unavailable(_))) {
@@ -261,6 +266,33 @@ impl Db {
             queries::product_rating(conn, product).boxed()
         })
         .await
+    }
+
+    /// One v1 page (`query.size` reviews from its position, and whether more follow) with the
+    /// number of reviews its filter matches, from a connection that has `needed`: the page and
+    /// the product's counts are two statements pipelined on one connection, one round trip.
+    pub async fn list_page(&self, needed: Option<Lsn>, query: PageQuery) -> Result<Page, Error> {
+        let size = query.size as usize;
+        let long = i64::from(query.size) > SHORT_READ_ROWS;
+        let (rows, counts) = self
+            .read("list_page", needed, long, |conn| {
+                async move {
+                    // One more than the page: whether another page follows.
+                    let page = queries::list_page(conn, &query, size as i64 + 1);
+                    futures_util::try_join!(page, queries::star_counts(conn, query.product))
+                }
+                .boxed()
+            })
+            .await?;
+        let next = (rows.len() > size).then(|| {
+            let (last, relevance) = &rows[size - 1];
+            Position::of(last, *relevance, query.sort)
+        });
+        Ok(Page {
+            reviews: rows.into_iter().take(size).map(|(r, _)| r).collect(),
+            next,
+            total: query.filter.total(&counts),
+        })
     }
 
     /// Writes the review, its photos, its characteristic values and the kept aggregates in one

@@ -16,6 +16,7 @@ diesel::table! {
         response -> Nullable<Text>,
         helpfulness -> Int4,
         relevance -> Float8,
+        has_photos -> Bool,
     }
 }
 
@@ -56,6 +57,11 @@ diesel::table! {
         rating_5 -> Int8,
         recommended_false -> Int8,
         recommended_true -> Int8,
+        photos_rating_1 -> Int8,
+        photos_rating_2 -> Int8,
+        photos_rating_3 -> Int8,
+        photos_rating_4 -> Int8,
+        photos_rating_5 -> Int8,
     }
 }
 

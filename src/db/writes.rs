@@ -12,23 +12,30 @@ use super::schema::{
 use crate::error::Error;
 use crate::reviews::{IdempotencyKey, NewReview, ReviewId, Voter};
 
-/// Adds `delta` (1 or -1) reviews of this rating and recommendation to the product's counts.
-/// Taking this row's lock first serialises every write to a product's aggregates.
+/// Adds `delta` (1 or -1) reviews of this rating and recommendation, with photos or not, to the
+/// product's counts. Taking this row's lock first serialises every write to a product's
+/// aggregates.
 async fn count_review(
     conn: &mut AsyncPgConnection,
     product: i32,
-    rating: i16,
-    recommend: bool,
+    review: Counted,
     delta: i64,
 ) -> Result<(), Error> {
     cached(
         diesel::sql_query(
             "INSERT INTO product_stats AS s (product_id, rating_1, rating_2, rating_3, rating_4,
-                                         rating_5, recommended_false, recommended_true)
+                                         rating_5, recommended_false, recommended_true,
+                                         photos_rating_1, photos_rating_2, photos_rating_3,
+                                         photos_rating_4, photos_rating_5)
          VALUES ($1, CASE WHEN $2 = 1 THEN $4 ELSE 0 END, CASE WHEN $2 = 2 THEN $4 ELSE 0 END,
                      CASE WHEN $2 = 3 THEN $4 ELSE 0 END, CASE WHEN $2 = 4 THEN $4 ELSE 0 END,
                      CASE WHEN $2 = 5 THEN $4 ELSE 0 END, CASE WHEN $3 THEN 0 ELSE $4 END,
-                     CASE WHEN $3 THEN $4 ELSE 0 END)
+                     CASE WHEN $3 THEN $4 ELSE 0 END,
+                     CASE WHEN $5 AND $2 = 1 THEN $4 ELSE 0 END,
+                     CASE WHEN $5 AND $2 = 2 THEN $4 ELSE 0 END,
+                     CASE WHEN $5 AND $2 = 3 THEN $4 ELSE 0 END,
+                     CASE WHEN $5 AND $2 = 4 THEN $4 ELSE 0 END,
+                     CASE WHEN $5 AND $2 = 5 THEN $4 ELSE 0 END)
          ON CONFLICT (product_id) DO UPDATE SET
              rating_1 = s.rating_1 + excluded.rating_1,
              rating_2 = s.rating_2 + excluded.rating_2,
@@ -36,16 +43,30 @@ async fn count_review(
              rating_4 = s.rating_4 + excluded.rating_4,
              rating_5 = s.rating_5 + excluded.rating_5,
              recommended_false = s.recommended_false + excluded.recommended_false,
-             recommended_true = s.recommended_true + excluded.recommended_true",
+             recommended_true = s.recommended_true + excluded.recommended_true,
+             photos_rating_1 = s.photos_rating_1 + excluded.photos_rating_1,
+             photos_rating_2 = s.photos_rating_2 + excluded.photos_rating_2,
+             photos_rating_3 = s.photos_rating_3 + excluded.photos_rating_3,
+             photos_rating_4 = s.photos_rating_4 + excluded.photos_rating_4,
+             photos_rating_5 = s.photos_rating_5 + excluded.photos_rating_5",
         )
         .bind::<Int4, _>(product)
-        .bind::<Int2, _>(rating)
-        .bind::<Bool, _>(recommend)
-        .bind::<Int8, _>(delta),
+        .bind::<Int2, _>(review.rating)
+        .bind::<Bool, _>(review.recommend)
+        .bind::<Int8, _>(delta)
+        .bind::<Bool, _>(review.has_photos),
     )
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// What the kept counts count of a review.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    rating: i16,
+    recommend: bool,
+    has_photos: bool,
 }
 
 /// How long an idempotency key is remembered, as the SQL interval every query of the keys uses
@@ -181,7 +202,12 @@ pub async fn create_review(
             }
         }
         let product = review.product_id.get();
-        count_review(conn, product, review.rating, review.recommend, 1).await?;
+        let counted = Counted {
+            rating: review.rating,
+            recommend: review.recommend,
+            has_photos: !review.photos.is_empty(),
+        };
+        count_review(conn, product, counted, 1).await?;
         // Under the product's aggregate lock (`count_review`): two creates of one product by
         // one email cannot both pass.
         if one_per_email && has_review_by(conn, product, &review.email).await? {
@@ -214,6 +240,7 @@ pub async fn create_review(
                 reviews::recommend.eq(review.recommend),
                 reviews::reviewer_name.eq(&review.name),
                 reviews::reviewer_email.eq(&review.email),
+                reviews::has_photos.eq(counted.has_photos),
             ))
             .returning(reviews::id)
             .get_result(conn)
@@ -360,23 +387,33 @@ pub async fn report(
             lock_review(conn, id).await?;
             record_vote(conn, id, REPORT, voter).await?;
         }
-        let hidden: Option<(i32, i16, bool)> = diesel::update(
+        let hidden: Option<(i32, i16, bool, bool)> = diesel::update(
             reviews::table
                 .find(id.get())
                 .filter(reviews::reported.eq(false)),
         )
         .set(reviews::reported.eq(true))
-        .returning((reviews::product_id, reviews::rating, reviews::recommend))
+        .returning((
+            reviews::product_id,
+            reviews::rating,
+            reviews::recommend,
+            reviews::has_photos,
+        ))
         .get_result(conn)
         .await
         .optional()?;
-        let Some((product, rating, recommend)) = hidden else {
+        let Some((product, rating, recommend, has_photos)) = hidden else {
             let exists: bool = diesel::select(diesel::dsl::exists(reviews::table.find(id.get())))
                 .get_result(conn)
                 .await?;
             return if exists { Ok(None) } else { Err(not_found(id)) };
         };
-        count_review(conn, product, rating, recommend, -1).await?;
+        let counted = Counted {
+            rating,
+            recommend,
+            has_photos,
+        };
+        count_review(conn, product, counted, -1).await?;
         apply_characteristic_values(conn, id.get(), -1).await?;
         Ok(Some(product))
     })

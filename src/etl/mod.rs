@@ -26,7 +26,7 @@ use tokio_postgres::{NoTls, Transaction};
 use self::csv::{Reader, Record};
 use self::progress::Progress;
 use self::rows::*;
-use self::seen::{CharacteristicInfo, ReviewInfo, Seen};
+use self::seen::{CharacteristicInfo, IdSet, ReviewInfo, Seen};
 
 /// What a load did.
 #[derive(Debug, Default, Clone)]
@@ -193,12 +193,19 @@ async fn load_locked(
         })
         .await?,
     );
+    // Which reviews the photos file names, read before the reviews so that each review row is
+    // written with its has_photos column once (an UPDATE afterwards would rewrite a fifth of the
+    // reviews table).
+    let named = reviews_with_photos(dir)?;
     report.files.push(
         copy_file(&tx, dir, &REVIEWS, &mut rejects, |rec| {
-            let r = review(rec, now)?;
+            let mut r = review(rec, now)?;
+            r.has_photos = named.contains(r.id);
             let info = ReviewInfo {
                 product: r.product_id,
+                rating: r.rating as u8,
                 listable: !r.reported,
+                photos: false,
                 rated: 0,
             };
             if !seen.reviews.insert_new(r.id, info) {
@@ -220,10 +227,31 @@ async fn load_locked(
             if !seen.photos.insert(p.id) {
                 return Err(format!("duplicate photo id {}", p.id));
             }
+            let review = seen.reviews.get_mut(p.review_id).expect("checked above");
+            if !review.photos {
+                review.photos = true;
+                let review = *review;
+                if review.listable {
+                    seen.count_photos(review.product, review.rating);
+                }
+            }
             Ok(Some(p))
         })
         .await?,
     );
+    // A review named only by photo rows that were set aside has no photo after all.
+    let photoless: Vec<i32> = named
+        .iter()
+        .filter(|&id| seen.reviews.get(id).is_some_and(|r| !r.photos))
+        .collect();
+    drop(named);
+    if !photoless.is_empty() {
+        tx.execute(
+            "UPDATE reviews_staging.reviews SET has_photos = false WHERE id = ANY($1)",
+            &[&photoless],
+        )
+        .await?;
+    }
     report.files.push(
         copy_file(&tx, dir, &CHARACTERISTIC_REVIEWS, &mut rejects, |rec| {
             accept_rating(&mut seen, rec).map(Some)
@@ -369,39 +397,48 @@ async fn copy_characteristics(tx: &Transaction<'_>, seen: &Seen) -> anyhow::Resu
 
 /// Per-product counts over the listable reviews.
 async fn copy_product_stats(tx: &Transaction<'_>, seen: &Seen) -> anyhow::Result<()> {
-    const TYPES: [Type; 8] = [
-        Type::INT4,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-    ];
+    let mut types = [Type::INT8; 13];
+    types[0] = Type::INT4;
     let sink = tx
         .copy_in(&copy_sql(
             "reviews_staging.product_stats (product_id, rating_1, rating_2, rating_3, rating_4, \
-             rating_5, recommended_false, recommended_true)",
+             rating_5, recommended_false, recommended_true, photos_rating_1, photos_rating_2, \
+             photos_rating_3, photos_rating_4, photos_rating_5)",
         ))
         .await?;
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &TYPES));
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
     for (product, counts) in seen.product_counts.iter() {
-        let [r1, r2, r3, r4, r5, not_recommended, recommended] = counts.map(i64::from);
-        let row: [&(dyn ToSql + Sync); 8] = [
-            &product,
-            &r1,
-            &r2,
-            &r3,
-            &r4,
-            &r5,
-            &not_recommended,
-            &recommended,
-        ];
+        // In the columns' order (see `ProductCounts`).
+        let counts = counts.map(i64::from);
+        let mut row: Vec<&(dyn ToSql + Sync)> = vec![&product];
+        row.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
         writer.as_mut().write(&row).await?;
     }
     writer.finish().await?;
     Ok(())
+}
+
+/// The ids of the reviews that the photos file's readable rows name (whether or not those rows
+/// pass every check; the loader corrects the few that do not).
+fn reviews_with_photos(dir: &Path) -> anyhow::Result<IdSet> {
+    let path = dir.join(PHOTOS.file);
+    let file = File::open(&path).with_context(|| format!("could not open {}", path.display()))?;
+    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file));
+    let mut rec = Record::default();
+    let mut named = IdSet::default();
+    let mut header = true;
+    loop {
+        match reader.read(&mut rec)? {
+            Ok(false) => return Ok(named),
+            Ok(true) if std::mem::take(&mut header) => {}
+            Ok(true) => {
+                if let Ok(p) = photo(&rec) {
+                    named.insert(p.review_id);
+                }
+            }
+            Err(_) => header = false,
+        }
+    }
 }
 
 /// A binary COPY into a staging table. FREEZE, allowed because the table was created in this

@@ -19,6 +19,8 @@ pub struct ReviewRow {
     pub reviewer_email: String,
     pub response: Option<String>,
     pub helpfulness: i32,
+    /// Whether the photos file names the review (set by the loader, which reads it first).
+    pub has_photos: bool,
 }
 
 pub struct PhotoRow {
@@ -63,7 +65,7 @@ pub const REVIEWS: FileSpec = FileSpec {
     file: "reviews.csv",
     header: REVIEWS_HEADER,
     table: "reviews_staging.reviews (id, product_id, rating, date, summary, body, recommend, reported, \
-            reviewer_name, reviewer_email, response, helpfulness)",
+            reviewer_name, reviewer_email, response, helpfulness, has_photos)",
     types: &[
         Type::INT4,
         Type::INT4,
@@ -77,6 +79,7 @@ pub const REVIEWS: FileSpec = FileSpec {
         Type::TEXT,
         Type::TEXT,
         Type::INT4,
+        Type::BOOL,
     ],
 };
 pub const PHOTOS: FileSpec = FileSpec {
@@ -185,6 +188,7 @@ pub fn review(rec: &Record, now: DateTime<Utc>) -> Parsed<ReviewRow> {
         reviewer_email: text(rec, 9, "reviewer_email", false)?,
         response,
         helpfulness,
+        has_photos: false,
     })
 }
 
@@ -236,6 +240,7 @@ impl CopyRow for ReviewRow {
             &self.reviewer_email,
             &self.response,
             &self.helpfulness,
+            &self.has_photos,
         ]
     }
 }

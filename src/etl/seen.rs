@@ -122,6 +122,26 @@ impl IdSet {
         self.bits[word] |= bit;
         new
     }
+
+    pub fn contains(&self, id: i32) -> bool {
+        let i = id as usize;
+        if i >= DENSE_LIMIT {
+            return self.sparse.contains(&id);
+        }
+        self.bits
+            .get(i / 64)
+            .is_some_and(|word| word & (1u64 << (i % 64)) != 0)
+    }
+
+    /// Every id, the dense ones in order.
+    pub fn iter(&self) -> impl Iterator<Item = i32> + '_ {
+        let dense = self.bits.iter().enumerate().flat_map(|(w, &word)| {
+            (0..64)
+                .filter(move |b| word & (1u64 << b) != 0)
+                .map(move |b| (w * 64 + b) as i32)
+        });
+        dense.chain(self.sparse.iter().copied())
+    }
 }
 
 /// A loaded characteristic: its product, its position among the product's characteristics, and
@@ -135,18 +155,22 @@ pub struct CharacteristicInfo {
     pub value_count: u32,
 }
 
-/// A loaded review: its product, whether it counts (not reported), and which of its product's
-/// characteristics it has rated (by position; positions past 7 are tracked in `Seen::rated`).
+/// A loaded review: its product, its stars, whether it counts (not reported), whether a photo of
+/// it was loaded, and which of its product's characteristics it has rated (by position;
+/// positions past 7 are tracked in `Seen::rated`).
 #[derive(Clone, Copy)]
 pub struct ReviewInfo {
     pub product: i32,
+    pub rating: u8,
     pub listable: bool,
+    pub photos: bool,
     pub rated: u8,
 }
 
-/// A product's counts over its listable reviews: ratings 1 to 5, then not recommended and
-/// recommended (the columns of `product_stats`).
-pub type ProductCounts = [u32; 7];
+/// A product's counts over its listable reviews: ratings 1 to 5, not recommended and
+/// recommended, then ratings 1 to 5 of the reviews with photos (the columns of
+/// `product_stats`).
+pub type ProductCounts = [u32; 12];
 
 /// Everything the cross-row checks need, and the per-product aggregates gathered on the way.
 #[derive(Default)]
@@ -173,9 +197,15 @@ pub struct Seen {
 impl Seen {
     /// Counts a listable review towards its product's aggregates.
     pub fn count_listable(&mut self, product: i32, rating: i16, recommend: bool) {
-        let counts = self.product_counts.get_or_insert(product, [0; 7]);
+        let counts = self.product_counts.get_or_insert(product, [0; 12]);
         counts[(rating - 1) as usize] += 1;
         counts[5 + recommend as usize] += 1;
+    }
+
+    /// Counts the first loaded photo of a listable review towards its product's photo counts.
+    pub fn count_photos(&mut self, product: i32, rating: u8) {
+        let counts = self.product_counts.get_or_insert(product, [0; 12]);
+        counts[6 + rating as usize] += 1;
     }
 
     /// The name's index, or `None` past 65,535 distinct names.

@@ -28,6 +28,10 @@ impl Encoding for Json {
     fn rating(product: ProductId, rating: Rating) -> Bytes {
         to_json(&wire::product_rating(product, rating))
     }
+
+    fn page(reviews: Vec<Review>, next_page_token: String, total: i64) -> Bytes {
+        to_json(&wire::page_response(reviews, next_page_token, total))
+    }
 }
 
 pub struct JsonHandlers {
@@ -73,6 +77,16 @@ impl JsonApi for JsonHandlers {
     ) -> Result<Reply<pb::ProductRating>, Error> {
         let product = wire::v1_product(request.product_id)?;
         let body = self.service.get_product_rating::<Json>(product).await?;
+        Ok(Reply::Json(body))
+    }
+
+    async fn list_product_reviews(
+        &self,
+        _ctx: Context,
+        request: pb::ListProductReviewsRequest,
+    ) -> Result<Reply<pb::ListProductReviewsResponse>, Error> {
+        let query = wire::page_query(request)?;
+        let body = self.service.list_product_reviews::<Json>(query).await?;
         Ok(Reply::Json(body))
     }
 

@@ -86,6 +86,18 @@ async function main() {
   const client = createClient(ReviewService, createGrpcWebTransport({ baseUrl: server, useBinaryFormat: true }));
 
   const list = await client.listReviews({ productId: 2, sort: Sort.NEWEST });
+  // The v1 list: 4 and 5 stars only, one review per page, following the cursor to the end.
+  const walk: { ids: number[]; totals: number[]; pages: number } = { ids: [], totals: [], pages: 0 };
+  let pageToken = "";
+  do {
+    const page = await client.listProductReviews({
+      productId: 2, sort: Sort.NEWEST, rating: [4, 5], pageSize: 1, pageToken,
+    });
+    walk.ids.push(...page.reviews.map((r) => r.reviewId));
+    walk.totals.push(page.totalSize);
+    walk.pages += 1;
+    pageToken = page.nextPageToken;
+  } while (pageToken !== "" && walk.pages < 10);
   const created = await client.createReview({
     productId: 1,
     rating: 5,
@@ -106,6 +118,7 @@ async function main() {
   (window as unknown as { __results: unknown }).__results = {
     origin: location.origin,
     listed: list.results.map((r) => r.reviewId),
+    filteredWalk: walk,
     firstDateMillis: Number(list.results[0].date!.seconds) * 1000 + list.results[0].date!.nanos / 1e6,
     createdId: created.reviewId,
     newestAfterCreate: after.results.map((r) => [r.reviewId, r.summary, r.photos.map((p) => p.url)]),

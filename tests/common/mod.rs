@@ -267,6 +267,42 @@ impl TestServer {
     }
 }
 
+/// Whether a call reached no server: the client gave up on it before writing it (its connection
+/// was closing, after the server's GOAWAY, when the call was queued on it), or the server's
+/// GOAWAY refused its stream (HTTP/2 promises such a stream was not processed).
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+            || e.downcast_ref::<h2::Error>().is_some_and(|e| {
+                e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)
+            })
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Makes a call as gRPC's own clients do (grpc-go's "transparent retry"): one that never reached
+/// a server is sent again, at most twice; tonic has no such retry of its own. A call that failed
+/// after the server took it is not. Returns the outcome and the number of tries.
+pub async fn resend_never_sent<T, F, Fut>(mut call: F) -> (Result<T, tonic::Status>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(e) if tries < 3 && never_sent(&e) => tries += 1,
+            result => return (result, tries),
+        }
+    }
+}
+
 pub async fn channel(addr: std::net::SocketAddr) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
