@@ -1,6 +1,8 @@
--- wrk script for scripts/bench: GET $BENCH_BASE<id> with ids drawn at random from 1..$BENCH_IDS
+-- wrk script for scripts/bench: GET $BENCH_BASE<id>$BENCH_SUFFIX with ids drawn at random from 1..$BENCH_IDS
 -- (a different sequence per thread), and one JSON line of results at the end.
 local base = os.getenv("BENCH_BASE") or "/reviews?product_id="
+local suffix = os.getenv("BENCH_SUFFIX") or ""
+-- 0: always GET $BENCH_BASE itself.
 local ids = tonumber(os.getenv("BENCH_IDS") or "1")
 local threads = {}
 local counter = 0
@@ -16,7 +18,10 @@ function init(args)
 end
 
 function request()
-  return wrk.format("GET", base .. math.random(1, ids))
+  if ids == 0 then
+    return wrk.format("GET", base)
+  end
+  return wrk.format("GET", base .. math.random(1, ids) .. suffix)
 end
 
 function done(summary, latency, requests)

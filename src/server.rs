@@ -95,6 +95,11 @@ pub struct ServerArgs {
     /// `Connection: close`, HTTP/2 connections sent a GOAWAY) before the listener closes.
     #[arg(long = "drain-delay", env = "REVIEWS_DRAIN_DELAY", default_value = DEFAULT_DRAIN_DELAY, value_parser = parse_delay)]
     pub drain_delay: Duration,
+    /// How long a shared cache in front of the service (a CDN, Varnish) may serve the last
+    /// answer to a GET while the service fails: `Cache-Control: no-cache, stale-if-error=<s>`
+    /// (`0`: `no-cache` alone).
+    #[arg(long = "stale-if-error", env = "REVIEWS_STALE_IF_ERROR", default_value = http::DEFAULT_STALE_IF_ERROR, value_parser = parse_delay)]
+    pub stale_if_error: Duration,
     /// Largest JSON request body, in bytes; larger ones get 413.
     #[arg(long = "max-body-bytes", env = "REVIEWS_MAX_BODY_BYTES", default_value_t = http::DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
@@ -143,6 +148,7 @@ impl ServerArgs {
                 max_in_flight: self.max_in_flight.map(|n| n as usize),
                 min_in_flight: 1,
                 queue_delay_target: Some(self.queue_delay_target).filter(|t| !t.is_zero()),
+                stale_if_error: self.stale_if_error,
             },
             voter_key: self.voter_key.clone(),
             limits: self.limits.config(),

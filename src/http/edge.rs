@@ -11,11 +11,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use super::codec::{self, FromHttp, Seen, WriteJson};
+use super::conditional;
 use super::response::{error_response, error_response_as, json_error, Errors};
 use crate::error::{Error, FieldViolation};
 use crate::service::Context;
@@ -127,10 +128,11 @@ pub enum Reply<T> {
     Json(Bytes),
 }
 
-/// The edge's state: the handlers and the body limit.
+/// The edge's state: the handlers, the body limit and the `Cache-Control` of GET answers.
 pub struct Edge<A> {
     pub api: A,
     pub max_body: usize,
+    pub cache_control: HeaderValue,
 }
 
 /// The fallback handler: every request that is not gRPC, gRPC-Web or a fixed route lands here.
@@ -161,13 +163,19 @@ pub async fn handle<A: JsonApi>(
     };
     let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
     let ctx = edge.api.context(request.headers(), peer);
+    let if_none_match = request.headers().get(IF_NONE_MATCH).cloned();
     let input = Input {
         route,
         bound,
         request,
         max_body: edge.max_body,
     };
-    dispatch(&edge.api, route.call, ctx, input).await
+    let response = dispatch(&edge.api, route.call, ctx, input).await;
+    if route.method == Method::GET {
+        conditional::finish(response, if_none_match.as_ref(), &edge.cache_control)
+    } else {
+        response
+    }
 }
 
 /// 405 for a path whose routes take only the `allowed` methods.
@@ -341,6 +349,11 @@ fn reply<T: WriteJson>(
         Ok(Reply::Message(message)) => to_json(&message),
         Err(e) => return error_response_as(e, errors),
     };
+    if status == StatusCode::OK {
+        // A read's answer (writes answer 201 or 204): its validator, for conditional GETs.
+        let tag = conditional::etag(&body);
+        return (status, [(CONTENT_TYPE, JSON), (ETAG, tag)], body).into_response();
+    }
     (status, [(CONTENT_TYPE, JSON)], body).into_response()
 }
 

@@ -3,6 +3,7 @@
 
 mod admission;
 mod codec;
+mod conditional;
 pub mod edge;
 mod handlers;
 mod observe;
@@ -34,6 +35,9 @@ pub const OPENAPI: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json")
 /// The largest JSON body accepted by default, in bytes.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 
+/// How long shared caches may serve a GET answer while the service fails, by default.
+pub const DEFAULT_STALE_IF_ERROR: &str = "60s";
+
 /// Settings of the HTTP side.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -47,6 +51,8 @@ pub struct HttpConfig {
     pub min_in_flight: usize,
     /// The runtime queue delay the limit adapts to; `None`: the limit stays at `max_in_flight`.
     pub queue_delay_target: Option<Duration>,
+    /// How long a shared cache may serve a GET answer while the service fails; 0: not at all.
+    pub stale_if_error: Duration,
 }
 
 impl Default for HttpConfig {
@@ -57,6 +63,8 @@ impl Default for HttpConfig {
             max_in_flight: None,
             min_in_flight: 1,
             queue_delay_target: None,
+            stale_if_error: crate::config::parse_delay(DEFAULT_STALE_IF_ERROR)
+                .expect("a valid delay"),
         }
     }
 }
@@ -234,6 +242,7 @@ pub fn router(
     let edge = Edge {
         api: JsonHandlers::new(service),
         max_body: cfg.max_body,
+        cache_control: conditional::cache_control(cfg.stale_if_error),
     };
     let mut json = axum::Router::new()
         .fallback(edge::handle::<JsonHandlers>)
