@@ -129,6 +129,19 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>) -> Value {
     if route.rpc.name() == "CreateReview" {
         op["responses"]["409"] = error("The product has a review by this email already.");
     }
+    if route.rpc.name() == "GetProductRating" {
+        // With `Accept: application/ld+json` (src/http/linked_data.rs).
+        op["responses"]["200"]["content"]["application/ld+json"] = json!({"schema": {
+            "type": "object",
+            "description": "A schema.org Product with its AggregateRating and first reviews \
+                            (requires product_name)",
+            "required": ["@context", "@type", "name"]
+        }});
+    }
+    if route.method == "GET" {
+        op["responses"]["304"] = json!({"description": "Not modified: If-None-Match names the \
+                                        current ETag."});
+    }
     op
 }
 

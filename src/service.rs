@@ -55,6 +55,8 @@ pub struct Context {
     pub client_header: Option<http::HeaderValue>,
     /// A CreateReview's `Idempotency-Key` (gRPC: `idempotency-key`), as sent.
     pub idempotency_key: Option<http::HeaderValue>,
+    /// What the caller accepts (`Accept`), for a face with more than one representation.
+    pub accept: Option<http::HeaderValue>,
 }
 
 impl Context {
@@ -72,6 +74,7 @@ impl Context {
             peer: None,
             client_header: None,
             idempotency_key: headers.get("idempotency-key").cloned(),
+            accept: headers.get(http::header::ACCEPT).cloned(),
         }
     }
 

@@ -88,6 +88,7 @@ async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
             let reply = grpc
                 .get_product_rating(pb::GetProductRatingRequest {
                     product_id: product,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -104,6 +105,7 @@ async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
         .header("x-grpc-web", "1")
         .body(sandbox::grpc_web_frame(&pb::GetProductRatingRequest {
             product_id: 2,
+            ..Default::default()
         }))
         .send()
         .await
@@ -176,7 +178,10 @@ async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
         );
     }
     let refused = grpc
-        .get_product_rating(pb::GetProductRatingRequest { product_id: 0 })
+        .get_product_rating(pb::GetProductRatingRequest {
+            product_id: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -495,5 +500,144 @@ async fn filtered_lists_page_by_cursor_with_exact_totals() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert_eq!(common::violation_fields(&refused), ["page_token"]);
 
+    sandbox::stop(server).await;
+}
+
+/// `document` expanded by PyLD, a JSON-LD processor (tests/jsonld/expand.py).
+fn expanded(document: &[u8]) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/jsonld/expand.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/test installs PyLD)");
+    child.stdin.take().unwrap().write_all(document).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyLD could not expand it");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rating_as_json_ld_is_a_schema_org_product_with_its_reviews() {
+    let (db, server, addr) = served("v1-ld").await;
+    let http = reqwest::Client::new();
+    let ld = |query: &str| {
+        http.get(format!("http://{addr}/v1/products/{query}"))
+            .header("accept", "application/ld+json")
+            .send()
+    };
+    let r =
+        ld("2/rating?product_name=Camo%20Onesie&product_url=https://shop.example.com/p/2&sku=C-2")
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/ld+json");
+    assert!(r
+        .headers()
+        .get_all("vary")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("accept")));
+    let body = r.bytes().await.unwrap();
+    let doc = expanded(&body);
+    let s = |term: &str| format!("http://schema.org/{term}");
+    let product = &doc[0];
+    assert_eq!(product["@type"], serde_json::json!([s("Product")]));
+    assert_eq!(product[s("name")][0]["@value"], "Camo Onesie");
+    assert_eq!(
+        product[s("url")][0]["@value"],
+        "https://shop.example.com/p/2"
+    );
+    assert_eq!(product[s("sku")][0]["@value"], "C-2");
+    let rating = &product[s("aggregateRating")][0];
+    assert_eq!(rating["@type"], serde_json::json!([s("AggregateRating")]));
+    let want = expected(&db, 2).await;
+    assert_eq!(
+        rating[s("ratingValue")][0]["@value"],
+        want["average_rating"]
+    );
+    assert_eq!(rating[s("reviewCount")][0]["@value"], want["review_count"]);
+    assert_eq!(rating[s("bestRating")][0]["@value"], 5);
+    assert_eq!(rating[s("worstRating")][0]["@value"], 1);
+    // The first reviews, most relevant first, with what review snippets need.
+    let ids = expected_ids(&db, 2, "relevant", &[], None).await;
+    let reviews = product[s("review")].as_array().unwrap();
+    assert_eq!(reviews.len(), ids.len().min(5));
+    for (review, id) in reviews.iter().zip(&ids) {
+        let row = db
+            .query_one(
+                "SELECT reviewer_name, summary, body, rating::int4, to_char(date AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+                 FROM reviews WHERE id = $1",
+                &[id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(review["@type"], serde_json::json!([s("Review")]));
+        let author = &review[s("author")][0];
+        assert_eq!(author["@type"], serde_json::json!([s("Person")]));
+        assert_eq!(author[s("name")][0]["@value"], row.get::<_, String>(0));
+        assert_eq!(review[s("name")][0]["@value"], row.get::<_, String>(1));
+        assert_eq!(
+            review[s("reviewBody")][0]["@value"],
+            row.get::<_, String>(2)
+        );
+        let stars = &review[s("reviewRating")][0];
+        assert_eq!(stars["@type"], serde_json::json!([s("Rating")]));
+        assert_eq!(stars[s("ratingValue")][0]["@value"], row.get::<_, i32>(3));
+        assert_eq!(
+            review[s("datePublished")][0]["@value"],
+            row.get::<_, String>(4)
+        );
+    }
+    // The bytes, as the README shows them.
+    let shown = ld("2/rating?product_name=Camo%20Onesie&sku=C-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        shown.text().await.unwrap(),
+        r#"{"@context":"https://schema.org","@type":"Product","aggregateRating":{"@type":"AggregateRating","bestRating":5,"ratingValue":"3.6666666666666667","reviewCount":3,"worstRating":1},"name":"Camo Onesie","review":[{"@type":"Review","author":{"@type":"Person","name":"bigbrotherbenjamin"},"datePublished":"2020-12-30","name":"I am liking these glasses","reviewBody":"They are very dark.  But that's good because I'm in very sunny spots","reviewRating":{"@type":"Rating","bestRating":5,"ratingValue":4,"worstRating":1}},{"@type":"Review","author":{"@type":"Person","name":"fashionperson"},"datePublished":"2020-09-05","name":"They look good on me","reviewBody":"I so stylish and just my aesthetic.","reviewRating":{"@type":"Rating","bestRating":5,"ratingValue":4,"worstRating":1}},{"@type":"Review","author":{"@type":"Person","name":"shortandsweeet"},"datePublished":"2019-04-14","name":"I'm enjoying wearing these shades","reviewBody":"Comfortable and practical.","reviewRating":{"@type":"Rating","bestRating":5,"ratingValue":3,"worstRating":1}}],"sku":"C-2"}"#
+    );
+    // The same URL without Accept is the JSON answer, with its own tag.
+    let plain = http
+        .get(format!("http://{addr}/v1/products/2/rating?product_name=Camo%20Onesie&product_url=https://shop.example.com/p/2&sku=C-2"))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let plain: serde_json::Value = serde_json::from_slice(&plain.bytes().await.unwrap()).unwrap();
+    assert_eq!(plain, want);
+    // A product without reviews has no rating to mark up; the name is required; bad fields
+    // are named.
+    let none: serde_json::Value = serde_json::from_slice(
+        &ld("999999/rating?product_name=New")
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(none["@type"], "Product");
+    assert!(none.get("aggregateRating").is_none() && none.get("review").is_none());
+    for (query, field) in [
+        ("2/rating", "product_name"),
+        ("2/rating?product_name=%20", "product_name"),
+        ("2/rating?product_name=x&product_url=ftp://x", "product_url"),
+        (
+            &format!("2/rating?product_name=x&sku={}", "s".repeat(101)),
+            "sku",
+        ),
+    ] {
+        let r = ld(query).await.unwrap();
+        assert_eq!(r.status(), 422, "{query}");
+        let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["fields"][0]["field"], field, "{query}: {body}");
+    }
     sandbox::stop(server).await;
 }

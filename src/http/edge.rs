@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
@@ -122,10 +122,12 @@ impl Route {
     }
 }
 
-/// A handler's answer: a message to write, or the JSON the cache kept for it.
+/// A handler's answer: a message to write, or the JSON the cache kept for it, or another
+/// representation of it: schema.org JSON-LD.
 pub enum Reply<T> {
     Message(T),
     Json(Bytes),
+    LinkedData(Bytes),
 }
 
 /// The edge's state: the handlers, the body limit and the `Cache-Control` of GET answers.
@@ -170,7 +172,13 @@ pub async fn handle<A: JsonApi>(
         request,
         max_body: edge.max_body,
     };
-    let response = dispatch(&edge.api, route.call, ctx, input).await;
+    let mut response = dispatch(&edge.api, route.call, ctx, input).await;
+    if route.call == Call::GetProductRating {
+        // Answered as JSON or as JSON-LD, by `Accept`: caches must key on it.
+        response
+            .headers_mut()
+            .append(VARY, HeaderValue::from_static("accept"));
+    }
     if route.method == Method::GET {
         conditional::finish(response, if_none_match.as_ref(), &edge.cache_control)
     } else {
@@ -337,6 +345,7 @@ async fn read_json(
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+const JSON_LD: HeaderValue = HeaderValue::from_static("application/ld+json");
 
 /// `status` with the reply as JSON, or the error's answer.
 fn reply<T: WriteJson>(
@@ -344,17 +353,18 @@ fn reply<T: WriteJson>(
     status: StatusCode,
     errors: Errors,
 ) -> Response {
-    let body = match result {
-        Ok(Reply::Json(bytes)) => bytes,
-        Ok(Reply::Message(message)) => to_json(&message),
+    let (body, media) = match result {
+        Ok(Reply::Json(bytes)) => (bytes, JSON),
+        Ok(Reply::LinkedData(bytes)) => (bytes, JSON_LD),
+        Ok(Reply::Message(message)) => (to_json(&message), JSON),
         Err(e) => return error_response_as(e, errors),
     };
     if status == StatusCode::OK {
         // A read's answer (writes answer 201 or 204): its validator, for conditional GETs.
         let tag = conditional::etag(&body);
-        return (status, [(CONTENT_TYPE, JSON), (ETAG, tag)], body).into_response();
+        return (status, [(CONTENT_TYPE, media), (ETAG, tag)], body).into_response();
     }
-    (status, [(CONTENT_TYPE, JSON)], body).into_response()
+    (status, [(CONTENT_TYPE, media)], body).into_response()
 }
 
 /// 204 with no body, or the error's answer.

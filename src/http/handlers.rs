@@ -4,9 +4,12 @@
 use bytes::Bytes;
 
 use super::edge::{to_json, JsonApi, Reply};
+use super::linked_data;
 use crate::error::Error;
 use crate::pb;
-use crate::reviews::{ListQuery, Meta, ProductId, Rating, Review, ReviewId};
+use crate::reviews::{
+    Filter, ListQuery, Meta, ProductId, Rating, RawPageQuery, Review, ReviewId, Sort,
+};
 use crate::service::{Context, Encoding, Service};
 use crate::wire;
 
@@ -72,12 +75,35 @@ impl JsonApi for JsonHandlers {
 
     async fn get_product_rating(
         &self,
-        _ctx: Context,
+        ctx: Context,
         request: pb::GetProductRatingRequest,
     ) -> Result<Reply<pb::ProductRating>, Error> {
         let product = wire::v1_product(request.product_id)?;
-        let body = self.service.get_product_rating::<Json>(product).await?;
-        Ok(Reply::Json(body))
+        let about = linked_data::Product {
+            name: &request.product_name,
+            url: &request.product_url,
+            sku: &request.sku,
+        };
+        let linked = linked_data::wanted(ctx.accept.as_ref());
+        about.check(linked)?;
+        if !linked {
+            let body = self.service.get_product_rating::<Json>(product).await?;
+            return Ok(Reply::Json(body));
+        }
+        let first_page = RawPageQuery {
+            product,
+            sort: Sort::Relevant,
+            filter: Filter::default(),
+            size: linked_data::MARKUP_REVIEWS,
+            token: String::new(),
+        };
+        let (rating, page) = futures_util::try_join!(
+            self.service.get_product_rating::<Json>(product),
+            self.service.list_product_reviews::<Json>(first_page),
+        )?;
+        Ok(Reply::LinkedData(linked_data::product_markup(
+            &about, &rating, &page,
+        )?))
     }
 
     async fn list_product_reviews(

@@ -6,6 +6,7 @@ mod codec;
 mod conditional;
 pub mod edge;
 mod handlers;
+mod linked_data;
 mod observe;
 mod response;
 
