@@ -592,13 +592,23 @@ async fn the_rating_as_json_ld_is_a_schema_org_product_with_its_reviews() {
             row.get::<_, String>(4)
         );
     }
-    // The bytes, as the README shows them.
+    // The bytes, as the README shows them (the key is the default one, as in `reviews dev`).
     let shown = ld("2/rating?product_name=Camo%20Onesie&sku=C-2")
         .await
         .unwrap();
     assert_eq!(
         shown.text().await.unwrap(),
         r#"{"@context":"https://schema.org","@type":"Product","aggregateRating":{"@type":"AggregateRating","bestRating":5,"ratingValue":"3.6666666666666667","reviewCount":3,"worstRating":1},"name":"Camo Onesie","review":[{"@type":"Review","author":{"@type":"Person","name":"bigbrotherbenjamin"},"datePublished":"2020-12-30","name":"I am liking these glasses","reviewBody":"They are very dark.  But that's good because I'm in very sunny spots","reviewRating":{"@type":"Rating","bestRating":5,"ratingValue":4,"worstRating":1}},{"@type":"Review","author":{"@type":"Person","name":"fashionperson"},"datePublished":"2020-09-05","name":"They look good on me","reviewBody":"I so stylish and just my aesthetic.","reviewRating":{"@type":"Rating","bestRating":5,"ratingValue":4,"worstRating":1}},{"@type":"Review","author":{"@type":"Person","name":"shortandsweeet"},"datePublished":"2019-04-14","name":"I'm enjoying wearing these shades","reviewBody":"Comfortable and practical.","reviewRating":{"@type":"Rating","bestRating":5,"ratingValue":3,"worstRating":1}}],"sku":"C-2"}"#
+    );
+    // And the README's v1 list: the first page of 4- and 5-star reviews, one a page.
+    let listed = sandbox::get_text(
+        &http,
+        &format!("http://{addr}/v1/products/2/reviews?rating=4&rating=5&sort=newest&page_size=1"),
+    )
+    .await;
+    assert_eq!(
+        listed,
+        r#"{"reviews":[{"review_id":3,"rating":4,"summary":"I am liking these glasses","recommend":true,"response":"Glad you're enjoying the product!","body":"They are very dark.  But that's good because I'm in very sunny spots","date":"2020-12-30T10:57:31.021Z","reviewer_name":"bigbrotherbenjamin","helpfulness":5,"photos":[]}],"next_page_token":"AQAAAAIBGAAAAAAAAAAAAAW3rF-tjsgAAAADH218X4OXNaC3tytETavQxg","total_size":2}"#
     );
     // The same URL without Accept is the JSON answer, with its own tag.
     let plain = http
