@@ -846,6 +846,17 @@ fn the_openapi_document_states_the_validators_bounds() {
     assert!(v1("page_size")["maximum"].is_null() && v1("page_size")["format"].is_null());
     assert_eq!(v1("page_token")["maxLength"], n(r::MAX_TOKEN_CHARS));
     assert_eq!(v1("has_photos")["type"], "boolean");
+    let rating = doc["paths"]["/v1/products/{product_id}/rating"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let rating = |name: &str| &rating.iter().find(|p| p["name"] == name).unwrap()["schema"];
+    use reviews::http::{MAX_PRODUCT_NAME_CHARS, MAX_PRODUCT_URL_CHARS, MAX_SKU_CHARS};
+    assert_eq!(
+        rating("product_name")["maxLength"],
+        n(MAX_PRODUCT_NAME_CHARS)
+    );
+    assert_eq!(rating("product_url")["maxLength"], n(MAX_PRODUCT_URL_CHARS));
+    assert_eq!(rating("sku")["maxLength"], n(MAX_SKU_CHARS));
     let helpful = &doc["paths"]["/reviews/{review_id}/helpful"]["put"];
     assert_eq!(helpful["parameters"][0]["schema"]["minimum"], 1);
     assert!(helpful["responses"]["429"].is_object());

@@ -332,12 +332,7 @@ async fn json_grpc_and_grpc_web_requests_are_traced_under_the_callers_traceparen
         .await
         .unwrap();
     let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
-    let characteristics = meta["characteristics"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| (c["id"].to_string(), serde_json::json!(4)))
-        .collect::<serde_json::Map<_, _>>();
+    let characteristics = sandbox::rate_all(&meta, 4);
     let mut review = review;
     review["characteristics"] = characteristics.into();
     let created = sandbox::post_review(addr, &[("traceparent", &header)], &review).await;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::sandbox::{self, get_text};
+use common::sandbox::{self, get_json, get_text};
 use common::{exact_average, fresh_db, sql, SAMPLE_TEMPLATE};
 use reviews::pb;
 use reviews::pb::review_service_client::ReviewServiceClient;
@@ -82,8 +82,7 @@ async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
     for product in (1..=40).chain([999_999]) {
         let want = expected(&db, product).await;
         for _ in 0..2 {
-            let json: serde_json::Value =
-                serde_json::from_str(&get_text(&http, &rating_url(product)).await).unwrap();
+            let json = get_json(&http, &rating_url(product)).await;
             assert_eq!(json, want, "JSON, product {product}");
             let reply = grpc
                 .get_product_rating(pb::GetProductRatingRequest {
@@ -121,24 +120,14 @@ async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
         get_text(&http, &rating_url(2)).await,
         r#"{"product_id":2,"average_rating":"3.6666666666666667","review_count":3,"recommend_ratio":"0.6666666666666667","histogram":[{"rating":1,"count":0},{"rating":2,"count":0},{"rating":3,"count":1},{"rating":4,"count":2},{"rating":5,"count":0}]}"#
     );
-    let unknown: serde_json::Value =
-        serde_json::from_str(&get_text(&http, &rating_url(999_999)).await).unwrap();
+    let unknown = get_json(&http, &rating_url(999_999)).await;
     assert_eq!(unknown["review_count"], 0);
     assert!(unknown["average_rating"].is_null() && unknown["recommend_ratio"].is_null());
 
     // A write through the service: the very next read, cached before, has it.
-    let meta: serde_json::Value = serde_json::from_str(
-        &get_text(&http, &format!("http://{addr}/reviews/meta?product_id=2")).await,
-    )
-    .unwrap();
-    let characteristics: serde_json::Map<String, serde_json::Value> = meta["characteristics"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| (c["id"].to_string(), serde_json::json!(3)))
-        .collect();
-    let before: serde_json::Value =
-        serde_json::from_str(&get_text(&http, &rating_url(2)).await).unwrap();
+    let meta = get_json(&http, &format!("http://{addr}/reviews/meta?product_id=2")).await;
+    let characteristics = sandbox::rate_all(&meta, 3);
+    let before = get_json(&http, &rating_url(2)).await;
     let review = serde_json::json!({
         "product_id": 2, "rating": 1, "summary": "rating moves", "recommend": false,
         "body": "a body long enough to be a valid review, fifty characters at least",
@@ -146,8 +135,7 @@ async fn the_aggregate_rating_is_exact_on_both_faces_and_never_stale() {
     });
     let created = sandbox::post_review(addr, &[], &review).await;
     assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
-    let after: serde_json::Value =
-        serde_json::from_str(&get_text(&http, &rating_url(2)).await).unwrap();
+    let after = get_json(&http, &rating_url(2)).await;
     assert_eq!(after, expected(&db, 2).await);
     assert_eq!(
         after["review_count"].as_i64(),
@@ -270,20 +258,12 @@ async fn filtered_lists_page_by_cursor_with_exact_totals() {
     // 45 more reviews of product 3 through the service: every star, a photo on every third,
     // then votes (ties in helpfulness) and reports; and dates cut to the second, so that dates
     // tie too and the id decides.
-    let meta: serde_json::Value = serde_json::from_str(
-        &get_text(
-            &http,
-            &format!("http://{addr}/reviews/meta?product_id={product}"),
-        )
-        .await,
+    let meta = get_json(
+        &http,
+        &format!("http://{addr}/reviews/meta?product_id={product}"),
     )
-    .unwrap();
-    let characteristics: serde_json::Map<String, serde_json::Value> = meta["characteristics"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| (c["id"].to_string(), serde_json::json!(4)))
-        .collect();
+    .await;
+    let characteristics = sandbox::rate_all(&meta, 4);
     let post = |i: usize| {
         let photos: Vec<String> = if i.is_multiple_of(3) {
             vec![format!("https://images.example.com/{i}.jpg")]
@@ -444,14 +424,11 @@ async fn filtered_lists_page_by_cursor_with_exact_totals() {
     assert_eq!(web.total_size as usize, want.len());
 
     // Bad parameters and tokens: 422 naming the field, INVALID_ARGUMENT over gRPC; never a page.
-    let first: serde_json::Value = serde_json::from_str(
-        &get_text(
-            &http,
-            &format!("http://{addr}/v1/products/{product}/reviews?rating=5&page_size=2"),
-        )
-        .await,
+    let first = get_json(
+        &http,
+        &format!("http://{addr}/v1/products/{product}/reviews?rating=5&page_size=2"),
     )
-    .unwrap();
+    .await;
     let token = first["next_page_token"].as_str().unwrap().to_string();
     let mut tampered = token.clone().into_bytes();
     tampered[10] = if tampered[10] == b'x' { b'y' } else { b'x' };

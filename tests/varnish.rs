@@ -185,13 +185,7 @@ async fn varnish_revalidates_every_read_and_serves_stale_only_on_error() {
     // A write through Varnish (passed to the service) shows in the very next read through it.
     let (_, tag_before, meta_before) =
         get(&http, &format!("{front}/reviews/meta?product_id=2")).await;
-    let meta: serde_json::Value = serde_json::from_str(&meta_before).unwrap();
-    let characteristics: serde_json::Map<String, serde_json::Value> = meta["characteristics"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| (c["id"].to_string(), serde_json::json!(2)))
-        .collect();
+    let characteristics = sandbox::rate_all(&serde_json::from_str(&meta_before).unwrap(), 2);
     let created = http
         .post(format!("{front}/reviews"))
         .header("content-type", "application/json")

@@ -350,6 +350,19 @@ struct StatsRow {
     photos_rating_5: i64,
 }
 
+impl StatsRow {
+    /// Listable reviews per star.
+    fn ratings(&self) -> [i64; 5] {
+        [
+            self.rating_1,
+            self.rating_2,
+            self.rating_3,
+            self.rating_4,
+            self.rating_5,
+        ]
+    }
+}
+
 async fn stats(conn: &mut &AsyncPgConnection, product: ProductId) -> Result<StatsRow, Error> {
     let row = cached(diesel::sql_query(STATS_SQL).bind::<Int4, _>(product.get()))
         .get_result(conn)
@@ -365,7 +378,7 @@ pub async fn product_rating(
 ) -> Result<Rating, Error> {
     let r = stats(&mut conn, product).await?;
     Ok(Rating {
-        ratings: [r.rating_1, r.rating_2, r.rating_3, r.rating_4, r.rating_5],
+        ratings: r.ratings(),
         recommended_false: r.recommended_false,
         recommended_true: r.recommended_true,
     })
@@ -378,7 +391,7 @@ pub async fn star_counts(
 ) -> Result<StarCounts, Error> {
     let r = stats(&mut conn, product).await?;
     Ok(StarCounts {
-        all: [r.rating_1, r.rating_2, r.rating_3, r.rating_4, r.rating_5],
+        all: r.ratings(),
         photos: [
             r.photos_rating_1,
             r.photos_rating_2,

@@ -410,8 +410,10 @@ async fn copy_product_stats(tx: &Transaction<'_>, seen: &Seen) -> anyhow::Result
     for (product, counts) in seen.product_counts.iter() {
         // In the columns' order (see `ProductCounts`).
         let counts = counts.map(i64::from);
-        let mut row: Vec<&(dyn ToSql + Sync)> = vec![&product];
-        row.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+        let mut row: [&(dyn ToSql + Sync); 13] = [&product; 13];
+        for (value, count) in row[1..].iter_mut().zip(&counts) {
+            *value = count;
+        }
         writer.as_mut().write(&row).await?;
     }
     writer.finish().await?;

@@ -17,7 +17,7 @@ use axum::response::Response;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use sha2::Digest;
 
 /// The strong entity tag of `body`: 128 bits of its SHA-256, quoted.
@@ -70,16 +70,11 @@ pub fn finish(
     if !if_none_match.is_some_and(|inm| none_match_hits(inm, &tag)) {
         return response;
     }
-    let mut headers = HeaderMap::new();
-    for (name, value) in response.headers() {
-        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
-            headers.append(name, value.clone());
-        }
-    }
-    let mut not_modified = Response::new(axum::body::Body::empty());
-    *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
-    *not_modified.headers_mut() = headers;
-    not_modified
+    let (mut parts, _) = response.into_parts();
+    parts.status = StatusCode::NOT_MODIFIED;
+    parts.headers.remove(CONTENT_TYPE);
+    parts.headers.remove(CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::empty())
 }
 
 #[cfg(test)]

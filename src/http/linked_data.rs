@@ -41,8 +41,8 @@ pub struct Product<'a> {
 }
 
 /// The longest `product_name`, `product_url` and `sku` accepted.
-pub const MAX_NAME_CHARS: usize = 200;
-pub const MAX_URL_CHARS: usize = 2048;
+pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
+pub const MAX_PRODUCT_URL_CHARS: usize = 2048;
 pub const MAX_SKU_CHARS: usize = 100;
 
 impl Product<'_> {
@@ -56,20 +56,20 @@ impl Product<'_> {
                 "product_name",
                 "is required for the JSON-LD representation (the service knows no product names)",
             ));
-        } else if too_long(self.name, MAX_NAME_CHARS) {
+        } else if too_long(self.name, MAX_PRODUCT_NAME_CHARS) {
             violations.push(FieldViolation::new(
                 "product_name",
-                format!("must be at most {MAX_NAME_CHARS} characters"),
+                format!("must be at most {MAX_PRODUCT_NAME_CHARS} characters"),
             ));
         }
-        if too_long(self.url, MAX_URL_CHARS)
+        if too_long(self.url, MAX_PRODUCT_URL_CHARS)
             || !(self.url.is_empty()
                 || self.url.starts_with("https://")
                 || self.url.starts_with("http://"))
         {
             violations.push(FieldViolation::new(
                 "product_url",
-                format!("must be an http(s) URL of at most {MAX_URL_CHARS} characters"),
+                format!("must be an http(s) URL of at most {MAX_PRODUCT_URL_CHARS} characters"),
             ));
         }
         if too_long(self.sku, MAX_SKU_CHARS) {

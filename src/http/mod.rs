@@ -22,6 +22,7 @@ use http::{HeaderValue, Method, StatusCode};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use handlers::{Json, JsonHandlers};
+pub use linked_data::{MAX_PRODUCT_NAME_CHARS, MAX_PRODUCT_URL_CHARS, MAX_SKU_CHARS};
 pub use response::INVALID_PRODUCT_ID;
 
 use self::edge::Edge;

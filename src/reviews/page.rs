@@ -65,11 +65,6 @@ impl Filter {
         (1..=5).filter(move |k| self.stars & (1 << (k - 1)) != 0)
     }
 
-    /// The photo condition: `Some(true)` with photos only, `Some(false)` without only.
-    pub fn photos(self) -> Option<bool> {
-        self.photos
-    }
-
     /// The (stars, has photos) pairs the filter admits: one index range per pair.
     pub fn branches(self) -> (Vec<i16>, Vec<bool>) {
         let photo_values: &[bool] = match self.photos {
@@ -96,16 +91,12 @@ impl Filter {
             .sum()
     }
 
-    /// The filter in a cache key: the star bits and the photo condition.
+    /// The filter in a cache key: its byte, as page tokens hold it.
     pub fn key(self) -> String {
-        let photos = match self.photos {
-            None => "any",
-            Some(true) => "with",
-            Some(false) => "without",
-        };
-        format!("{:02x}.{photos}", self.stars)
+        format!("{:02x}", self.to_byte())
     }
 
+    /// The star bits, and the photo condition in bits 5 and 6.
     fn to_byte(self) -> u8 {
         self.stars
             | match self.photos {

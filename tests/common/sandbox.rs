@@ -528,6 +528,26 @@ where
     }
 }
 
+/// The JSON body of a GET that must succeed.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    let text = get_text(http, url).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
+/// Every characteristic of a product's meta (its JSON answer) rated `value`: what a
+/// CreateReview of that product must send as `characteristics`.
+pub fn rate_all(
+    meta: &serde_json::Value,
+    value: i32,
+) -> serde_json::Map<String, serde_json::Value> {
+    meta["characteristics"]
+        .as_object()
+        .expect("a meta answer")
+        .values()
+        .map(|c| (c["id"].to_string(), serde_json::json!(value)))
+        .collect()
+}
+
 /// The body of a GET that must succeed.
 pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
     let resp = http.get(url).send().await.unwrap();
